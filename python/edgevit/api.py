@@ -1,0 +1,92 @@
+"""One-call functions behind the CLI: each ``edgevit <command>`` calls exactly one function here."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import io
+from .cards import load_card, parse_quantity
+from .data.segmentation import open_segmentation_dataset
+from .errors import EdgevitError
+from .evaluate import SegEvaluation, evaluate_segmentation
+from .models import count_macs, count_params, create_model, get_model_entry
+from .predict import predict_images
+
+DEMO_MODEL = "efficientvit-seg-b1-ade20k"
+# Photos that ship inside the scikit-image wheel (no download needed).
+DEMO_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def model_info(model_id: str) -> dict[str, Any]:
+    """Params, MACs at the evaluation size, I/O contract and model card of ``model_id``."""
+    entry = get_model_entry(model_id)
+    model = create_model(model_id)
+    h, w = entry.contract.eval_size
+    params, macs = count_params(model), count_macs(model, (1, 3, h, w))
+    card = load_card(model_id)
+    pub = card["published"]
+    return {
+        "id": model_id, "family": entry.family, "params": params, "macs": macs, "macs_input": [1, 3, h, w],
+        "published": pub,
+        "params_vs_published": params / parse_quantity(pub["params"])[0] - 1,
+        "macs_vs_published": macs / parse_quantity(pub["macs"])[0] - 1,
+        "contract": entry.contract.to_dict(), "card": card,
+    }
+
+
+def predict(model_id: str, images: Sequence[str | Path], out: str | Path,
+            weights: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Create ``model_id`` (optionally with ``weights``) and segment ``images`` into ``out``."""
+    model = create_model(model_id, weights=weights)
+    extra = {"weights": str(weights) if weights else "random initialisation (labels are meaningless)"}
+    return predict_images(model, images, out, progress=progress, extra_summary=extra)
+
+
+def evaluate(model_id: str, data: str | Path, layout: str, weights: str | Path | None = None,
+             labelset: str | None = None, limit: int | None = None, out: str | Path | None = None,
+             progress: bool = True) -> SegEvaluation:
+    """mIoU of ``model_id`` on the dataset at ``data`` (``layout``: cityscapes, ade20k, voc, folder);
+    writes ``eval.json`` and ``eval.md`` into ``out`` when given."""
+    model = create_model(model_id, weights=weights, labelset=labelset)
+    dataset = open_segmentation_dataset(data, layout, num_classes=model.contract.num_classes, limit=limit)
+    result = evaluate_segmentation(model, dataset, progress=progress)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        io.write_json(out / "eval.json", result.to_dict() | {"weights": str(weights) if weights else None})
+        io.write_text(out / "eval.md", result.table() + "\n")
+    return result
+
+
+def demo(out: str | Path, model_id: str = DEMO_MODEL, weights: str | Path | None = None,
+         progress: bool = True) -> dict[str, Any]:
+    """The main job on the local CPU with bundled sample photos: build the model, segment the samples,
+    write label maps, overlays and ``summary.json`` under ``out``."""
+    try:
+        from skimage import data as samples
+    except ImportError:
+        raise EdgevitError("demo needs scikit-image's bundled photos; install it with: pip install 'edgevit[samples]'")
+    out = Path(out)
+    (out / "inputs").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in DEMO_SAMPLES:
+        image = np.ascontiguousarray(getattr(samples, name)()[..., :3], dtype=np.uint8)
+        paths.append(out / "inputs" / f"{name}.png")
+        io.write_png(paths[-1], image)
+    info = model_info(model_id)
+    summary = predict(model_id, paths, out / "predictions", weights=weights, progress=progress)
+    report = {
+        "model": model_id, "weights": summary["weights"],
+        "params": info["params"], "macs_at_eval_size": info["macs"], "published": info["published"],
+        "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
+                 "threads": torch.get_num_threads()},
+        "images": summary["images"],
+    }
+    io.write_json(out / "summary.json", report)
+    return report
