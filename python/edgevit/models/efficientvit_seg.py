@@ -178,6 +178,7 @@ L2 = BackboneCfg((32, 64, 128, 256, 512), (1, 2, 2, 8, 8), dim=32, large=True)
 
 CITYSCAPES = SegContract("cityscapes", processing.FixedSize(1024, 2048), eval_size=(1024, 2048))
 ADE20K = SegContract("ade20k", processing.ShortSide(512, 32), eval_size=(512, 512))
+VOC = SegContract("voc", processing.ShortSide(512, 32), eval_size=(512, 512))
 
 
 def _seg(model_id: str, contract: SegContract):
@@ -239,3 +240,10 @@ def seg_l1_ade20k(num_classes: int) -> EfficientViTSeg:
 @_seg("efficientvit-seg-l2-ade20k", ADE20K)
 def seg_l2_ade20k(num_classes: int) -> EfficientViTSeg:
     return build(L2, HeadCfg(128, 3, 4, "fmb", 8), num_classes)
+
+
+# Not an upstream release: the B0 architecture with a 21-class head, fine-tuned by ``edgevit finetune``
+# on real VOC photos so that quantization fidelity can be shown on a network that has learned something.
+@_seg("efficientvit-seg-b0-voc", VOC)
+def seg_b0_voc(num_classes: int) -> EfficientViTSeg:
+    return build(B0, HeadCfg(32, 1, 4, "mb", 4), num_classes)

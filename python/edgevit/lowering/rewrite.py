@@ -1,0 +1,94 @@
+"""Export-friendly graph substitutions. Each one is exact in real arithmetic, declared in the manifest,
+and measured on a real input (max abs difference of the model output against the original model).
+
+- Bicubic upsampling (``F.interpolate(mode="bicubic")``) decomposes into gather/clamp/index ops that the
+  XNNPACK delegate does not take, and some converters silently swap it for bilinear. For a fixed input
+  size it is a separable linear map, so it becomes two constant matrix products (``F.linear``) with the same
+  cubic-convolution weights (a = -0.75, half-pixel centres, clamped borders) from :mod:`edgevit.processing`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import processing
+from ..models.efficientvit_seg import Upsample
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64 matrix M with ``resize(x) == M @ x`` along one axis."""
+    index, weights = processing.bicubic_taps(n_in, n_out)
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.repeat(np.arange(n_out), index.shape[1]), index.ravel()), weights.ravel())
+    return m
+
+
+class MatmulBicubicUpsample(nn.Module):
+    """Bicubic resize of N×C×H×W to N×C×H'×W' for one fixed (H, W), as two constant ``F.linear`` calls."""
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]):
+        super().__init__()
+        self.in_hw, self.out_hw = in_hw, out_hw
+        self.register_buffer("mh", torch.from_numpy(bicubic_matrix(in_hw[0], out_hw[0])).float())
+        self.register_buffer("mw", torch.from_numpy(bicubic_matrix(in_hw[1], out_hw[1])).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.mw)  # N×C×H×W'
+        return F.linear(y.transpose(2, 3), self.mh).transpose(2, 3)  # N×C×H'×W'
+
+
+@dataclass
+class Substitution:
+    name: str  # qualified module name
+    original: str
+    replacement: str
+    max_abs_diff: float | None = None  # measured on the whole model output
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _input_sizes(model: nn.Module, x: torch.Tensor, kind: type[nn.Module]) -> dict[str, tuple[int, int]]:
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, tuple(a[0].shape[-2:])))
+             for n, m in model.named_modules() if isinstance(m, kind)]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def export_friendly(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Substitution]]:
+    """A copy of ``model`` specialised to ``example``'s shape with the substitutions above, and their record.
+
+    ``example`` should be a real pre-processed image (float32 1×3×H×W): the recorded ``max_abs_diff``
+    is measured on it.
+    """
+    new = copy.deepcopy(model).eval()
+    subs: list[Substitution] = []
+    for name, (h, w) in _input_sizes(new, example, Upsample).items():
+        f = new.get_submodule(name).factor
+        _set_module(new, name, MatmulBicubicUpsample((h, w), (h * f, w * f)))
+        subs.append(Substitution(name, f"F.interpolate bicubic x{f} ({h}x{w} -> {h * f}x{w * f})",
+                                 "two constant F.linear products with the same bicubic weights"))
+    if subs:
+        with torch.inference_mode():
+            diff = float((model(example) - new(example)).abs().max())
+        for s in subs:
+            s.max_abs_diff = diff
+    return new, subs

@@ -1,0 +1,5 @@
+"""Runners for eager PyTorch and exported artifacts."""
+
+from .base import CheckedRunner, Runner, TorchRunner, load_artifact
+
+__all__ = ["CheckedRunner", "Runner", "TorchRunner", "load_artifact"]
