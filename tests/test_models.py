@@ -21,7 +21,7 @@ ALL_IDS = [
 
 
 def test_registry_lists_exactly_the_upstream_ids():
-    assert edgevit.list_models() == sorted(ALL_IDS)
+    assert edgevit.list_models() == sorted(ALL_IDS + ["efficientvit-seg-b0-voc"])
     assert edgevit.list_models("*-l?-ade20k") == ["efficientvit-seg-l1-ade20k", "efficientvit-seg-l2-ade20k"]
 
 
@@ -49,7 +49,7 @@ def test_params_and_macs_match_published_table(model_id):
     )
 
 
-@pytest.mark.parametrize("model_id", ALL_IDS)
+@pytest.mark.parametrize("model_id", ALL_IDS + ["efficientvit-seg-b0-voc"])
 def test_forward_contract_shapes(model_id):
     model = edgevit.create_model(model_id)
     c = model.contract

@@ -15,8 +15,9 @@ from .cards import load_card, parse_quantity
 from .data.segmentation import open_segmentation_dataset
 from .errors import EdgevitError
 from .evaluate import SegEvaluation, evaluate_segmentation
-from .models import count_macs, count_params, create_model, get_model_entry
+from .models import SegContract, count_macs, count_params, create_model, get_model_entry
 from .predict import predict_images
+from .runtime import load_artifact
 
 DEMO_MODEL = "efficientvit-seg-b1-ade20k"
 # Photos that ship inside the scikit-image wheel (no download needed).
@@ -30,14 +31,13 @@ def model_info(model_id: str) -> dict[str, Any]:
     h, w = entry.contract.eval_size
     params, macs = count_params(model), count_macs(model, (1, 3, h, w))
     card = load_card(model_id)
-    pub = card["published"]
-    return {
-        "id": model_id, "family": entry.family, "params": params, "macs": macs, "macs_input": [1, 3, h, w],
-        "published": pub,
-        "params_vs_published": params / parse_quantity(pub["params"])[0] - 1,
-        "macs_vs_published": macs / parse_quantity(pub["macs"])[0] - 1,
-        "contract": entry.contract.to_dict(), "card": card,
-    }
+    info = {"id": model_id, "family": entry.family, "params": params, "macs": macs, "macs_input": [1, 3, h, w],
+            "contract": entry.contract.to_dict(), "card": card}
+    if "published" in card:
+        pub = card["published"]
+        info |= {"published": pub, "params_vs_published": params / parse_quantity(pub["params"])[0] - 1,
+                 "macs_vs_published": macs / parse_quantity(pub["macs"])[0] - 1}
+    return info
 
 
 def predict(model_id: str, images: Sequence[str | Path], out: str | Path,
@@ -51,11 +51,19 @@ def predict(model_id: str, images: Sequence[str | Path], out: str | Path,
 def evaluate(model_id: str, data: str | Path, layout: str, weights: str | Path | None = None,
              labelset: str | None = None, limit: int | None = None, out: str | Path | None = None,
              progress: bool = True) -> SegEvaluation:
-    """mIoU of ``model_id`` on the dataset at ``data`` (``layout``: cityscapes, ade20k, voc, folder);
-    writes ``eval.json`` and ``eval.md`` into ``out`` when given."""
-    model = create_model(model_id, weights=weights, labelset=labelset)
-    dataset = open_segmentation_dataset(data, layout, num_classes=model.contract.num_classes, limit=limit)
-    result = evaluate_segmentation(model, dataset, progress=progress)
+    """mIoU of ``model_id`` — a registered id, or an exported artifact folder (run through its manifest) —
+    on the dataset at ``data`` (``layout``: cityscapes, ade20k, voc, folder); writes ``eval.json`` and
+    ``eval.md`` into ``out`` when given."""
+    if Path(model_id).is_dir():
+        runner = load_artifact(model_id)
+        contract = SegContract.from_dict(runner.manifest.contract)
+        name = f"{runner.manifest.model_id} ({runner.manifest.format}/{runner.manifest.precision})"
+        dataset = open_segmentation_dataset(data, layout, num_classes=contract.num_classes, limit=limit)
+        result = evaluate_segmentation(runner, dataset, contract=contract, name=name, progress=progress)
+    else:
+        model = create_model(model_id, weights=weights, labelset=labelset)
+        dataset = open_segmentation_dataset(data, layout, num_classes=model.contract.num_classes, limit=limit)
+        result = evaluate_segmentation(model, dataset, progress=progress)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +91,7 @@ def demo(out: str | Path, model_id: str = DEMO_MODEL, weights: str | Path | None
     summary = predict(model_id, paths, out / "predictions", weights=weights, progress=progress)
     report = {
         "model": model_id, "weights": summary["weights"],
-        "params": info["params"], "macs_at_eval_size": info["macs"], "published": info["published"],
+        "params": info["params"], "macs_at_eval_size": info["macs"], "published": info.get("published"),
         "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
                  "threads": torch.get_num_threads()},
         "images": summary["images"],

@@ -11,11 +11,14 @@ import yaml
 
 from .errors import EdgevitError
 
-# key -> type, for the top level and for ``published``
-SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "id": str, "family": str, "task": str, "title": str, "paper": str, "architecture": dict, "dataset": str,
-    "num_classes": int, "published": dict, "upstream_checkpoint": str, "evaluation_protocol": str, "license": str,
+# key -> type. Every card has COMMON; upstream releases add UPSTREAM, models trained here add TRAINED.
+COMMON: dict[str, type | tuple[type, ...]] = {
+    "id": str, "family": str, "origin": str, "task": str, "title": str, "architecture": dict, "dataset": str,
+    "num_classes": int, "evaluation_protocol": str, "license": str,
 }
+UPSTREAM = {"paper": str, "published": dict, "upstream_checkpoint": str}
+TRAINED = {"training": dict}
+ORIGINS = {"upstream": UPSTREAM, "edgevit": TRAINED}
 PUBLISHED_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "resolution": str, "params": str, "macs": str, "miou": (int, float), "source": str,
 }
@@ -52,7 +55,11 @@ def validate_card(card: dict[str, Any], source: str) -> None:
 
     if not isinstance(card, dict):
         raise EdgevitError(f"{source}: a model card must be a YAML mapping")
-    check(card, SCHEMA, "")
+    if card.get("origin") not in ORIGINS:
+        raise EdgevitError(f"{source}: invalid card: origin must be one of {sorted(ORIGINS)}")
+    check(card, COMMON | ORIGINS[card["origin"]], "")
+    if card["origin"] != "upstream":
+        return
     check(card["published"], PUBLISHED_SCHEMA, " (published)")
     for key in ("params", "macs"):
         try:

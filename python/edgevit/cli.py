@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import EdgevitError
 
@@ -24,18 +25,26 @@ def _cmd_info(a: argparse.Namespace) -> None:
     if a.json:
         print(json.dumps(info, indent=2, default=str))
         return
-    c, pub = info["contract"], info["published"]
+    c = info["contract"]
     inp, outp = c["inputs"][0], c["outputs"][0]
-    print(f"{info['id']}  ({info['family']}, {c['task']})")
-    print(f"  params   {info['params'] / 1e6:.3f}M   (published {pub['params']}, {100 * info['params_vs_published']:+.2f}%)")
-    print(f"  MACs     {info['macs'] / 1e9:.2f}G at {'x'.join(map(str, info['macs_input'][2:]))}"
-          f"   (published {pub['macs']}, {100 * info['macs_vs_published']:+.2f}%)")
+    pub = info.get("published")
+
+    def ref(key: str) -> str:
+        return f"   (published {pub[key]}, {100 * info[key + '_vs_published']:+.2f}%)" if pub else ""
+
+    print(f"{info['id']}  ({info['family']}, {c['task']}, {info['card']['origin']})")
+    print(f"  params   {info['params'] / 1e6:.3f}M{ref('params')}")
+    print(f"  MACs     {info['macs'] / 1e9:.2f}G at {'x'.join(map(str, info['macs_input'][2:]))}{ref('macs')}")
     print(f"  input    {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']}: {inp['description']}")
     print(f"  norm     mean {c['normalization']['mean']} std {c['normalization']['std']}")
     print(f"  resize   {c['resize']}")
     print(f"  output   {outp['name']} {outp['dtype']} {outp['layout']} {outp['shape']}")
     print(f"  labels   {c['labels']['name']} ({len(c['labels']['classes'])} classes, ignore {c['labels']['ignore_index']})")
-    print(f"  card     published mIoU {pub['miou']} at {pub['resolution']}; checkpoint {info['card']['upstream_checkpoint']}")
+    if pub:
+        print(f"  card     published mIoU {pub['miou']} at {pub['resolution']}; "
+              f"checkpoint {info['card']['upstream_checkpoint']}")
+    else:
+        print(f"  card     trained here: {info['card']['training'].get('summary', '')}")
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
@@ -58,6 +67,42 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     report = demo(a.out, model_id=a.model, weights=a.weights)
     print(f"{report['model']}: {len(report['images'])} sample photos segmented; outputs in {a.out} "
           f"(summary.json, predictions/)")
+
+
+def _cmd_export(a: argparse.Namespace) -> None:
+    from .export import export
+    from .fidelity import Gate
+
+    m = export(a.model, a.format, a.precision, a.out, weights=a.weights, labelset=a.labelset, calib=a.calib,
+               calib_layout=a.calib_layout, eval_data=a.eval_data, eval_layout=a.eval_layout,
+               input_size=a.input_size, gate=None if a.no_gate else Gate(a.max_miou_drop, a.min_agreement),
+               keep_float=tuple(a.keep_float), threads=a.threads)
+    f = m.fidelity or {}
+    drop = f"{f['miou_drop']:.2f} points" if f.get("miou_drop") is not None else "n/a (no labels)"
+    print(f"{a.out}: {m.format}/{m.precision} {m.size_bytes / 1e6:.2f} MB; agreement {100 * f['agreement']:.2f}%, "
+          f"mIoU drop {drop}, SQNR {f['sqnr_db']:.1f} dB; gate {f['gate_result']}")
+
+
+def _cmd_trt_build(a: argparse.Namespace) -> None:
+    from .lowering.tensorrt import build_engine
+
+    print(build_engine(a.artifact, a.precision, a.cache_dir))
+
+
+def _cmd_quant_report(a: argparse.Namespace) -> None:
+    from .quantize.report import quant_report, render
+
+    print(render(quant_report(a.model, a.calib, out=a.out, weights=a.weights, labelset=a.labelset,
+                              calib_layout=a.calib_layout, input_size=a.input_size, threshold_db=a.threshold_db)))
+
+
+def _cmd_bench(a: argparse.Namespace) -> None:
+    from .harness.bench import bench
+
+    bench(a.model, a.data, a.out, weights=a.weights, layout=a.layout, labelset=a.labelset,
+                 formats=tuple(a.formats.split(",")), precisions=tuple(a.precisions.split(",")),
+                 input_size=a.input_size, threads=a.threads, runs=a.runs, limit=a.limit, reuse=not a.no_reuse)
+    print((Path(a.out) / "bench.md").read_text(), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +136,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="also write eval.json and eval.md here")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("export", help="lower a model to an artifact + manifest, gated on measured fidelity")
+    s.add_argument("model")
+    s.add_argument("--format", required=True, help="pte | tflite | onnx")
+    s.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8")
+    s.add_argument("--weights")
+    s.add_argument("--labelset")
+    s.add_argument("--calib", help="folder of real photos for int8 calibration (and fidelity)")
+    s.add_argument("--calib-layout", help="read --calib as a labelled dataset: cityscapes | ade20k | voc | folder")
+    s.add_argument("--eval-data", help="labelled images for the gate (default: the calibration images)")
+    s.add_argument("--eval-layout")
+    s.add_argument("--input-size", help="HxW of the artifact's static input, e.g. 512x1024")
+    s.add_argument("--keep-float", action="append", default=[], help="module name to leave in float (repeatable)")
+    s.add_argument("--max-miou-drop", type=float, default=1.0, help="gate: mIoU drop budget, points")
+    s.add_argument("--min-agreement", type=float, default=0.98, help="gate: pixel agreement with float")
+    s.add_argument("--no-gate", action="store_true", help="write the artifact even if it misses the budget")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--out", required=True, help="artifact folder (artifact + manifest.json)")
+    s.set_defaults(fn=_cmd_export)
+
+    s = sub.add_parser("trt-build", help="build and cache a TensorRT engine from an ONNX artifact")
+    s.add_argument("artifact", help="ONNX artifact folder")
+    s.add_argument("--precision", default="fp16", help="fp16 | int8 (int8 needs the QDQ ONNX)")
+    s.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "edgevit" / "trt"))
+    s.set_defaults(fn=_cmd_trt_build)
+
+    s = sub.add_parser("quant-report", help="per-layer int8 sensitivity and which layers to keep float")
+    s.add_argument("model")
+    s.add_argument("--calib", required=True)
+    s.add_argument("--calib-layout")
+    s.add_argument("--weights")
+    s.add_argument("--labelset")
+    s.add_argument("--input-size")
+    s.add_argument("--threshold-db", type=float, default=30.0)
+    s.add_argument("--out")
+    s.set_defaults(fn=_cmd_quant_report)
+
+    s = sub.add_parser("bench", help="export every format/precision and report size, accuracy, latency")
+    s.add_argument("model")
+    s.add_argument("--data", required=True, help="real images (calibration and accuracy)")
+    s.add_argument("--layout", help="read --data as a labelled dataset")
+    s.add_argument("--weights")
+    s.add_argument("--labelset")
+    s.add_argument("--formats", default="pte,tflite,onnx")
+    s.add_argument("--precisions", default="fp32,int8")
+    s.add_argument("--input-size")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--runs", type=int, default=20)
+    s.add_argument("--limit", type=int)
+    s.add_argument("--no-reuse", action="store_true", help="re-export even if a matching artifact exists")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_bench)
 
     s = sub.add_parser("demo", help="the main job on bundled sample photos")
     s.add_argument("--out", default="runs/demo")

@@ -5,6 +5,12 @@ and measured on a real input (max abs difference of the model output against the
   XNNPACK delegate does not take, and some converters silently swap it for bilinear. For a fixed input
   size it is a separable linear map, so it becomes two constant matrix products (``F.linear``) with the same
   cubic-convolution weights (a = -0.75, half-pixel centres, clamped borders) from :mod:`edgevit.processing`.
+- LiteMLA attention (:meth:`edgevit.models.layers.LiteMLA.attend`) uses 4-D ``torch.matmul``, which exports
+  as ``expand_copy`` + ``bmm``; XNNPACK does not take the (no-op) ``expand_copy``, so every attention block
+  split the delegate in two. For few tokens (N ≤ dim) it also normalises with ``sum``, which XNNPACK does
+  not take either. :class:`BmmLiteMLA` computes the same formula with 3-D ``torch.bmm`` over
+  (batch·heads) and gets the normaliser of both orders from the appended row of ones in V
+  (``Σ_m φ(k_m)ᵀφ(q_n)`` is that row of ``[V; 1] φ(K)ᵀ φ(Q)``), keeping upstream's choice of product order.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import nn
 
 from .. import processing
 from ..models.efficientvit_seg import Upsample
+from ..models.layers import LiteMLA
 
 
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -42,6 +49,31 @@ class MatmulBicubicUpsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.mw)  # N×C×H×W'
         return F.linear(y.transpose(2, 3), self.mh).transpose(2, 3)  # N×C×H'×W'
+
+
+class BmmLiteMLA(LiteMLA):
+    """:class:`LiteMLA` with the attention as 3-D ``bmm`` products and no ``sum`` (same weights, same names)."""
+
+    @classmethod
+    def from_module(cls, src: LiteMLA) -> BmmLiteMLA:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.dim, new.eps = src.dim, src.eps
+        new.qkv, new.aggreg, new.proj = src.qkv, src.aggreg, src.proj
+        return new
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = qkv.shape
+        d, n = self.dim, h * w
+        t = qkv.float().reshape(b * (c // (3 * d)), 3 * d, n)  # (B·heads)×3d×N
+        q, k, v = F.relu(t[:, :d]), F.relu(t[:, d : 2 * d]), t[:, 2 * d :]
+        v1 = F.pad(v, (0, 0, 0, 1), value=1.0)  # [V; 1]: (B·heads)×(d+1)×N
+        if n > d:
+            out = torch.bmm(torch.bmm(v1, k.transpose(1, 2)), q)  # ([V;1] Kᵀ) Q
+        else:
+            out = torch.bmm(v1, torch.bmm(k.transpose(1, 2), q))  # [V;1] (Kᵀ Q)
+        out = out[:, :d] / (out[:, d:] + self.eps)
+        return out.reshape(b, -1, h, w)
 
 
 @dataclass
@@ -86,6 +118,11 @@ def export_friendly(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
         _set_module(new, name, MatmulBicubicUpsample((h, w), (h * f, w * f)))
         subs.append(Substitution(name, f"F.interpolate bicubic x{f} ({h}x{w} -> {h * f}x{w * f})",
                                  "two constant F.linear products with the same bicubic weights"))
+    for name, module in list(new.named_modules()):
+        if type(module) is LiteMLA:
+            _set_module(new, name, BmmLiteMLA.from_module(module))
+            subs.append(Substitution(name, "LiteMLA attention: 4-D matmul (expand + bmm) and sum normaliser",
+                                     "3-D bmm over batch x heads; normaliser from a ones row appended to V"))
     if subs:
         with torch.inference_mode():
             diff = float((model(example) - new(example)).abs().max())

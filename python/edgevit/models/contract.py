@@ -95,3 +95,15 @@ class SegContract:
             "labels": {"name": ls.name, "classes": list(ls.classes), "palette": ls.palette.tolist(),
                        "ignore_index": ls.ignore_index},
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SegContract:
+        """Inverse of :meth:`to_dict` (used to run artifacts from their manifest alone)."""
+        resize = dict(d["resize"])
+        kind = resize.pop("kind")
+        resize.pop("interpolation", None)
+        policy = {"FixedSize": processing.FixedSize, "ShortSide": processing.ShortSide}[kind](**resize)
+        norm = d["normalization"]
+        return cls(d["labels"]["name"], policy, tuple(d["eval_size"]), tuple(norm["mean"]), tuple(norm["std"]),
+                   d["output_stride"])
+

@@ -1,0 +1,201 @@
+"""``edgevit export``: PyTorch model → one gated artifact + manifest.
+
+Steps: build the float model; specialise it to the export size with the declared substitutions; for int8,
+calibrate on real images; lower with the backend; load the artifact back and measure its fidelity against
+the float model on real images; apply the gate (int8 falls back to keeping the most sensitive layers in
+float before giving up); write artifact and manifest atomically into ``out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import processing
+from .errors import EdgevitError
+from .fidelity import Fidelity, Gate, measure
+from .lowering.base import ExportRequest, ExportResult, get_backend
+from .lowering.rewrite import export_friendly
+from .manifest import Manifest, sha256_file, write_manifest
+from .models import create_model
+from .models.contract import SegContract
+from .quantize.calibration import ImageSet, load_image_set
+from .quantize.sensitivity import layer_sensitivity
+from .runtime.base import TorchRunner
+
+CALIBRATION_IMAGES = 16
+
+
+class GateError(EdgevitError):
+    """An artifact missed its accuracy budget against the float model."""
+MAX_FALLBACK_ROUNDS = 3
+
+
+def parse_size(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """"512x1024" -> (512, 1024)."""
+    if text is None or isinstance(text, tuple):
+        return text
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EdgevitError(f"--input-size {text!r}: expected HxW, e.g. 512x1024") from None
+    return h, w
+
+
+def artifact_contract(contract: SegContract, size: tuple[int, int]) -> SegContract:
+    """The model's contract specialised to a fixed input size (artifacts have static shapes)."""
+    return dataclasses.replace(contract, resize=processing.FixedSize(*size), eval_size=size)
+
+
+def _check_size(contract: SegContract, size: tuple[int, int]) -> None:
+    try:
+        contract.check_input_size(*size)
+    except ValueError as exc:
+        raise EdgevitError(f"--input-size: {exc}; use multiples of {contract.size_multiple}") from None
+
+
+def _tool_versions(result: ExportResult) -> dict[str, str]:
+    from . import __version__
+
+    return {"edgevit": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, **result.tool_versions}
+
+
+def _lower(backend, model, size, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path) -> ExportResult:
+    request = ExportRequest(model=model, input_shape=(1, 3, *size), precision=precision,
+                            out_path=tmp / f"model{backend.extension}", calibration=calib,
+                            keep_float=tuple(keep_float))
+    return backend.export(request)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` so that ``dst`` is never half-written (old content replaced at the end)."""
+    backup = None
+    if dst.exists():
+        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, backup)
+    os.replace(src, dst)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def export(
+    model_id: str,
+    format: str,
+    precision: str,
+    out: str | Path,
+    weights: str | Path | None = None,
+    labelset: str | None = None,
+    calib: str | Path | None = None,
+    calib_layout: str | None = None,
+    eval_data: str | Path | None = None,
+    eval_layout: str | None = None,
+    input_size: str | tuple[int, int] | None = None,
+    gate: Gate | None = Gate(),
+    keep_float: tuple[str, ...] = (),
+    threads: int | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Export ``model_id`` to ``format`` (pte | tflite | onnx) at ``precision`` into the folder ``out``.
+
+    ``calib``: folder of real photos (``calib_layout`` to read labels too) — required for int8.
+    ``eval_data``: labelled images for the gate (default: the calibration images, else ``calib`` as
+    fidelity set). ``gate=None`` writes the artifact even when it misses the budget (``--no-gate``).
+    Returns the manifest written to ``out/manifest.json``.
+    """
+    backend = get_backend(format)
+    if precision not in backend.precisions:
+        raise EdgevitError(f"{format}: precision {precision!r} is not supported; choose one of {backend.precisions}")
+    model = create_model(model_id, weights=weights, labelset=labelset)
+    size = parse_size(input_size) or model.contract.eval_size
+    _check_size(model.contract, size)
+    contract = artifact_contract(model.contract, size)
+    n_classes = contract.num_classes
+    calib_set = load_image_set(calib, calib_layout, CALIBRATION_IMAGES, n_classes) if calib else None
+    if precision == "int8" and calib_set is None:
+        raise EdgevitError("int8 export needs real calibration images: pass --calib DIR (a folder of photos)")
+    fid_set: ImageSet | None = load_image_set(eval_data, eval_layout, None, n_classes) if eval_data else calib_set
+    if fid_set is None:
+        raise EdgevitError("export measures fidelity on real images: pass --calib DIR or --eval-data DIR")
+    calib_inputs = [contract.preprocess(im) for im in calib_set.images] if calib_set else None
+    example = torch.from_numpy(contract.preprocess(fid_set.images[0]))
+    friendly, subs = export_friendly(model, example)
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        kept: list[dict[str, Any]] = [{"name": n, "why": "requested"} for n in keep_float]
+        sensitivity = None
+        for round_ in range(MAX_FALLBACK_ROUNDS + 1):
+            result = _lower(backend, friendly, size, precision, calib_inputs, [k["name"] for k in kept], tmp)
+            artifact = tmp / f"model{backend.extension}"
+            runner = backend.load(artifact, _provisional_manifest(model_id, format, precision, artifact, size,
+                                                                    contract), threads)
+            fid = measure(TorchRunner(model), runner, contract, fid_set)
+            failures = (gate or Gate()).failures(fid)
+            if not failures or gate is None or precision != "int8" or round_ == MAX_FALLBACK_ROUNDS:
+                break
+            if sensitivity is None:
+                sensitivity = layer_sensitivity(friendly, calib_inputs[:8], calib_inputs[8:12] or calib_inputs[:2],
+                                                progress=progress)
+            worst = [s for s in sorted(sensitivity, key=lambda s: s.sqnr_db) if s.name not in {k["name"] for k in kept}]
+            for s in worst[: 2**round_]:
+                kept.append({"name": s.name, "why": f"gate failed ({'; '.join(failures)}); "
+                                                    f"emulated int8 SQNR {s.sqnr_db:.1f} dB is among the lowest"})
+        if failures and gate is not None:
+            worst_names = ", ".join(s.name for s in sorted(sensitivity or [], key=lambda s: s.sqnr_db)[:3])
+            raise GateError(
+                f"{model_id} {format}/{precision}: misses its accuracy budget ({'; '.join(failures)}) on "
+                f"{fid_set.source}; worst layers: {worst_names or 'n/a'}; use --keep-float or --no-gate")
+        manifest = _final_manifest(model_id, format, precision, artifact, size, contract, result, subs, fid,
+                                   gate, failures, calib_set, fid_set, kept, sensitivity, weights)
+        write_manifest(manifest, tmp)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _io_specs(size: tuple[int, int], contract: SegContract) -> tuple[list[dict], list[dict]]:
+    s = contract.output_stride
+    inputs = [{"name": "image", "shape": [1, 3, *size], "dtype": "float32", "layout": "NCHW"}]
+    outputs = [{"name": "logits", "shape": [1, contract.num_classes, size[0] // s, size[1] // s],
+                "dtype": "float32", "layout": "NCHW"}]
+    return inputs, outputs
+
+
+def _provisional_manifest(model_id, format, precision, artifact: Path, size, contract) -> Manifest:
+    inputs, outputs = _io_specs(size, contract)
+    return Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs, outputs,
+                    contract.to_dict(), {})
+
+
+def _final_manifest(model_id, format, precision, artifact: Path, size, contract, result: ExportResult, subs,
+                    fid: Fidelity, gate: Gate | None, failures, calib_set, fid_set, kept, sensitivity,
+                    weights) -> Manifest:
+    inputs, outputs = _io_specs(size, contract)
+    quant = None
+    if precision == "int8":
+        quant = {**(result.quantization or {}), "kept_float": kept,
+                 "sensitivity": [s.to_dict() for s in sensitivity] if sensitivity else None}
+    return Manifest(
+        model_id=model_id, format=format, precision=precision, artifact=artifact.name,
+        sha256=sha256_file(artifact), size_bytes=artifact.stat().st_size, inputs=inputs, outputs=outputs,
+        contract=contract.to_dict(), tool_versions=_tool_versions(result),
+        calibration=calib_set.describe() if calib_set is not None and precision == "int8" else None,
+        quantization=quant, substitutions=[s.to_dict() for s in subs], delegation=result.delegation,
+        fidelity={**fid.to_dict(), "images": fid_set.describe(), "reference": "eager PyTorch fp32",
+                  "gate": (gate or Gate()).to_dict(),
+                  "gate_result": "passed" if not failures else "failed, written with --no-gate: " + "; ".join(failures),
+                  "notes": result.notes},
+        weights=str(weights) if weights else None,
+    )

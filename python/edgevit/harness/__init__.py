@@ -1,0 +1,1 @@
+"""Harnesses: accuracy-and-latency measurement of eager models and artifacts."""

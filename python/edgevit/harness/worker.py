@@ -1,0 +1,66 @@
+"""Latency/memory measurement of one runner in its own process (``python -m edgevit.harness.worker``).
+
+Isolation gives each artifact a clean peak-RSS reading and keeps runtimes from disturbing each other.
+Prints one JSON object: load_seconds, latencies (seconds), peak_rss_mb, threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def measure(runner, x: np.ndarray, warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        runner(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner(x)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--artifact", help="artifact folder (manifest.json)")
+    p.add_argument("--eager", help="model id, for the eager PyTorch reference")
+    p.add_argument("--weights")
+    p.add_argument("--labelset")
+    p.add_argument("--size", help="HxW for --eager")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=20)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    start = time.perf_counter()
+    if a.artifact:
+        from edgevit.runtime import load_artifact
+
+        runner = load_artifact(a.artifact, threads=a.threads)
+        shape = tuple(runner.manifest.inputs[0]["shape"])
+    else:
+        from edgevit.models import create_model
+        from edgevit.runtime import TorchRunner
+
+        runner = TorchRunner(create_model(a.eager, weights=a.weights, labelset=a.labelset))
+        h, w = (int(v) for v in a.size.split("x"))
+        shape = (1, 3, h, w)
+    load_seconds = time.perf_counter() - start
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    times = measure(runner, x, a.warmup, a.runs)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"load_seconds": load_seconds, "latencies": times, "peak_rss_mb": peak_mb,
+                      "threads": a.threads}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

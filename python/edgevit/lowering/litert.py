@@ -1,0 +1,666 @@
+"""LiteRT (TFLite) backend: ``.tflite`` flatbuffers from litert-torch, run by the LiteRT interpreter on CPU.
+
+All three precisions keep the artifact's I/O float32 NCHW (``1×3×H×W`` image in, ``1×C×H/8×W/8`` logits
+out); the layout transposes to the runtime's NHWC live inside the graph.
+
+fp32
+    ``litert_torch.convert(model, (example,))``. The CPU runtime hands the graph to its default delegate,
+    XNNPACK.
+fp16
+    The fp32 flatbuffer with the weights of every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED stored as
+    float16 behind an explicit DEQUANTIZE (ai-edge-quantizer's ``float_casting`` weight-only recipe);
+    biases and activations stay float32. This halves the file, not the compute: on CPU the XNNPACK
+    delegate folds each fp16 weight back to fp32 when it builds its graph and computes in fp32 (it would
+    only compute in fp16 if asked to force fp16 inference, which the interpreter here never does).
+int8
+    Full-integer post-training quantization with litert-torch's PT2E flow: ``torch.export`` →
+    ``prepare_pt2e`` with :class:`litert_torch.quantize.pt2e_quantizer.PT2EQuantizer` (weights int8
+    symmetric per output channel, activations int8 affine per tensor, histogram observers) → forward passes
+    over the calibration images (real pre-processed photos) → ``convert_pt2e`` → ``litert_torch.convert``
+    with ``QuantConfig(pt2e_quantizer=...)`` (static QDQ conversion). Two flatbuffer passes follow:
+
+    - float32 I/O: the converter folds the first QUANTIZE and last DEQUANTIZE into an int8 input and
+      output; they are put back (QUANTIZE after a float32 input, DEQUANTIZE before a float32 output),
+      so the artifact takes and returns float32 like the others and XNNPACK runs the conversions.
+    - int8 HARD_SWISH (fused by the converter from DEQUANTIZE → hardswish → QUANTIZE) is not taken by
+      the XNNPACK delegate, so each one split the delegated graph (B-series: one partition per
+      activation). Each becomes DEQUANTIZE → float32 HARD_SWISH → QUANTIZE with the same
+      scales, which XNNPACK takes.
+
+    Convolutions, fully-connected (bicubic upsampling as matrices), residual and head additions,
+    concatenations, pads, slices, reshapes and transposes run in int8; the linear-attention products
+    (BATCH_MATMUL, ReLU, division) and the activations above run in float32 between
+    DEQUANTIZE/QUANTIZE pairs. Residual additions are annotated here (the stock PT2E "add" annotator finds
+    none under ``torch.export`` because it matches on ``source_fn_stack``, which torch.export no longer
+    records), otherwise each one would be computed in float32 between a DEQUANTIZE and a QUANTIZE.
+
+    ``keep_float`` is supported: nodes traced inside a named module (its ``nn_module_stack``) are left
+    un-annotated, so they compute in float32 with float weights; their neighbours' QUANTIZE/DEQUANTIZE
+    pairs form the boundary. (The stock ``PT2EQuantizer.set_module_name`` cannot be used for this: it
+    rejects ``None`` configs and parses module names from ``nn_module_stack`` keys in a format this torch
+    no longer produces.)
+
+Delegation summary: after building the artifact it is loaded in the same interpreter configuration the
+runner uses (default XNNPACK delegate) and its nodes are read back: the op histogram, float32 vs int8
+compute ops, how many delegate partitions XNNPACK formed and which ops it left to the builtin kernels.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import io
+from ..errors import EdgevitError, require
+from ..runtime.base import CheckedRunner
+from .base import ExportRequest, ExportResult
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..manifest import Manifest
+
+_EXTRA = "litert"
+# Ops whose presence would mean a resize was swapped in for the exact bicubic matrices.
+RESIZE_OPS = ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
+# Data-movement and conversion ops: not counted as float32 / int8 "compute".
+_MOVEMENT_OPS = frozenset({"RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "CONCATENATION", "PAD", "PADV2",
+                           "SQUEEZE", "EXPAND_DIMS", "QUANTIZE", "DEQUANTIZE", "DELEGATE"})
+_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# Single-input activations the converter fuses to int8 but XNNPACK only delegates in float32: in int8
+# graphs each becomes DEQUANTIZE -> float32 op -> QUANTIZE (same scales), which XNNPACK takes.
+FLOAT_ISLAND_OPS = ("HARD_SWISH", "GELU")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the toolchain (litert-torch, ai-edge-litert, torch and what they use for fp16/int8)."""
+    require("litert_torch", _EXTRA, "LiteRT export")
+    require("ai_edge_litert.interpreter", _EXTRA, "LiteRT export")
+    import torch
+
+    return {"litert-torch": _version("litert-torch"), "ai-edge-litert": _version("ai-edge-litert"),
+            "ai-edge-quantizer": _version("ai-edge-quantizer"), "torchao": _version("torchao"),
+            "torch": torch.__version__}
+
+
+# --- request checks ----------------------------------------------------------------------------
+def check_calibration(calibration: Sequence[np.ndarray] | None, input_shape: Sequence[int]) -> list[np.ndarray]:
+    if not calibration:
+        raise EdgevitError("int8 LiteRT export needs calibration images (ExportRequest.calibration): real "
+                           "pre-processed images, float32 of the input shape; pass --calib DIR")
+    shape = tuple(input_shape)
+    for i, x in enumerate(calibration):
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != shape:
+            got = f"{type(x).__name__} {getattr(x, 'dtype', '?')} {tuple(getattr(x, 'shape', ()))}"
+            raise EdgevitError(f"calibration[{i}]: expected a float32 {shape} pre-processed image, got {got}")
+        if not np.all(np.isfinite(x)):
+            raise EdgevitError(f"calibration[{i}]: contains NaN or infinity")
+    return list(calibration)
+
+
+def check_keep_float(model: nn.Module, keep_float: Sequence[str]) -> list[str]:
+    known = [name for name, _ in model.named_modules() if name]
+    for name in keep_float:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "use model.named_modules() names"
+            raise EdgevitError(f"keep_float: {name!r} is not a module of {type(model).__name__}; {hint}")
+    return list(dict.fromkeys(keep_float))
+
+
+def _check_request(request: ExportRequest) -> None:
+    if request.precision not in LiteRTBackend.precisions:
+        raise EdgevitError(f"tflite: precision {request.precision!r} is not supported; choose one of "
+                           f"{LiteRTBackend.precisions}")
+    shape = tuple(request.input_shape)
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise EdgevitError(f"tflite: input_shape must be (1, 3, H, W) with positive ints, got {request.input_shape!r}")
+    if Path(request.out_path).suffix != LiteRTBackend.extension:
+        raise EdgevitError(f"{request.out_path}: a LiteRT artifact must end in {LiteRTBackend.extension}")
+    if request.precision != "int8" and request.keep_float:
+        raise EdgevitError(f"tflite: keep_float applies to int8 only (precision is {request.precision})")
+
+
+# --- conversion --------------------------------------------------------------------------------
+def _convert(model: Any, example: Any, what: str, **kwargs: Any) -> bytes:
+    litert_torch = require("litert_torch", _EXTRA, "LiteRT export")
+    try:
+        return bytes(litert_torch.convert(model, (example,), **kwargs).model_content())
+    except EdgevitError:
+        raise
+    except Exception as exc:
+        raise EdgevitError(f"LiteRT {what} conversion of {type(model).__name__} failed ({type(exc).__name__}: "
+                           f"{_first_line(exc)}); run export_friendly() on the model first") from exc
+
+
+def export_fp32(model: nn.Module, input_shape: Sequence[int]) -> tuple[bytes, int]:
+    """``model`` (eval mode, float32) → fp32 ``.tflite`` bytes with a static float32 input of ``input_shape``,
+    and the number of pads :func:`zero_fill_pads` rewrote."""
+    import torch
+
+    example = torch.zeros(tuple(input_shape), dtype=torch.float32)
+    graph, pads = _exported(model, example)
+    return _convert(graph, example, "fp32"), pads
+
+
+def fp16_weights(fp32: bytes) -> bytes:
+    """fp32 ``.tflite`` → the same graph with CONV/DEPTHWISE_CONV/FULLY_CONNECTED weights stored as float16."""
+    aeq = require("ai_edge_quantizer.quantizer", _EXTRA, "fp16 LiteRT export")
+    qtyping = require("ai_edge_quantizer.qtyping", _EXTRA, "fp16 LiteRT export")
+    quantizer = aeq.Quantizer(bytearray(fp32))
+    config = qtyping.OpQuantizationConfig(
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+        compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+    for op in _WEIGHT_OPS:
+        quantizer.update_quantization_recipe(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
+                                             op_config=config, algorithm_key=aeq.AlgorithmName.FLOAT_CASTING)
+    try:
+        result = quantizer.quantize(enable_progress_report=False)
+    except Exception as exc:
+        raise EdgevitError(f"fp16 weight casting failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+    return bytes(result.quantized_model)
+
+
+# --- graph preparation ---------------------------------------------------------------------------
+def _is_float_activation(node: Any) -> bool:
+    import torch
+
+    val = node.meta.get("val") if hasattr(node, "meta") else None
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and (
+        val is None or (isinstance(val, torch.Tensor) and val.is_floating_point()))
+
+
+def zero_fill_pads(gm: Any) -> int:
+    """Rewrite every constant pad with a non-zero fill value ``c`` as a zero pad plus a constant that is
+    ``c`` on the padded border and 0 elsewhere (broadcast along the unpadded dims). Exact: ``x + 0 = x`` and
+    ``0 + c = c``. Returns the number of pads rewritten.
+
+    Why: a non-zero fill lowers to PADV2, which the XNNPACK delegate does not take (fp32 and int8), and in
+    int8 graphs the converter moves the DEQUANTIZE after the pad and quantizes the fill value with the
+    input's scale, where it can saturate (LiteMLA's row of ones became 0.08-0.14). A zero pad lowers to PAD
+    (0 is exact at any zero point) and the addition of the fill stays float32.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    aten = torch.ops.aten
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        args, kwargs = list(node.args), node.kwargs
+        if node.target == aten.pad.default:
+            mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+            value = args[3] if len(args) > 3 else kwargs.get("value")
+            if mode != "constant":
+                continue
+        elif node.target == aten.constant_pad_nd.default:
+            value = args[2] if len(args) > 2 else kwargs.get("value", 0)
+        else:
+            continue
+        x, pad = args[0], [int(p) for p in args[1]]
+        val = x.meta.get("val")
+        if not value or val is None or not val.is_floating_point() or any(p < 0 for p in pad):
+            continue
+        shape = list(val.shape)
+        padded = {len(shape) - 1 - i // 2 for i, p in enumerate(pad) if p}
+        fill = F.pad(torch.zeros([shape[d] if d in padded else 1 for d in range(len(shape))], dtype=val.dtype),
+                     pad, value=float(value))
+        name = f"_edgevit_pad_fill_{count}"
+        while hasattr(gm, name):
+            name += "_"
+        gm.register_buffer(name, fill)
+        with gm.graph.inserting_before(node):
+            attr = gm.graph.get_attr(name)
+            zero = gm.graph.call_function(aten.constant_pad_nd.default, (x, pad, 0.0))
+            add = gm.graph.call_function(aten.add.Tensor, (zero, attr))
+        attr.meta["val"] = fill
+        for new in (zero, add):
+            new.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace", "val")})
+        node.replace_all_uses_with(add)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+def _exported(model: nn.Module, example: Any) -> tuple[Any, int]:
+    """``torch.export`` graph module of ``model`` with :func:`zero_fill_pads` applied."""
+    import torch
+
+    try:
+        gm = torch.export.export(model.eval(), (example,)).module()
+    except Exception as exc:
+        raise EdgevitError(f"torch.export of {type(model).__name__} failed ({type(exc).__name__}: "
+                           f"{_first_line(exc)}); run export_friendly() on the model first") from exc
+    n = zero_fill_pads(gm)
+    for m in gm.modules():
+        m.training = False  # an exported graph has no train mode; silences the converter's warning
+    return gm, n
+
+
+# --- int8: PT2E quantization -------------------------------------------------------------------
+def _module_paths(node: Any) -> list[str]:
+    """Qualified names of the modules an fx node was traced in (``nn_module_stack``), outermost first."""
+    paths = []
+    for value in (node.meta.get("nn_module_stack") or {}).values():
+        path = value[0] if isinstance(value, tuple) else str(value)
+        if path.startswith("L['self']"):
+            path = path[len("L['self']"):].lstrip(".")
+        paths.append(path.replace("[", ".").replace("]", "").replace("'", ""))
+    return paths
+
+
+def _in_modules(node: Any, modules: Sequence[str]) -> str | None:
+    for path in _module_paths(node):
+        for m in modules:
+            if path == m or path.startswith(m + "."):
+                return m
+    return None
+
+
+def _make_quantizer(keep_float: Sequence[str]) -> Any:
+    """A PT2EQuantizer (per-channel symmetric int8 weights, per-tensor affine int8 activations) that also
+    annotates activation+activation additions and concatenations (one shared range for all inputs), and
+    leaves every node of the ``keep_float`` modules float.
+
+    The stock "add" and "cat" annotators find their ops through ``source_fn_stack``, which torch.export no
+    longer records, so without this every residual addition would compute in float32 between DEQUANTIZE
+    and QUANTIZE, and the converter would give a concatenation the first input's range only.
+    """
+    import torch
+
+    pq = require("litert_torch.quantize.pt2e_quantizer", _EXTRA, "int8 LiteRT export")
+    utils = require("litert_torch.quantize.pt2e_quantizer_utils", _EXTRA, "int8 LiteRT export")
+    qz = require("torchao.quantization.pt2e.quantizer", _EXTRA, "int8 LiteRT export")
+    kept = tuple(keep_float)
+    aten = torch.ops.aten
+
+    def quantize_node(node: Any) -> bool:
+        return not kept or _in_modules(node, kept) is None
+
+    def annotated(node: Any) -> bool:
+        ann = node.meta.get("quantization_annotation")
+        return ann is not None and ann._annotated
+
+    def annotate_adds_and_cats(gm: Any, config: Any) -> None:
+        act = utils.get_input_act_qspec(config)
+        out = utils.get_output_act_qspec(config)
+        for node in gm.graph.nodes:
+            if node.op != "call_function" or not quantize_node(node) or annotated(node):
+                continue
+            if node.target == aten.add.Tensor:
+                a, b = node.args[:2]
+                # activations only: a constant operand (the attention's "+ eps", a pad fill) stays float
+                if _is_float_activation(a) and _is_float_activation(b):
+                    node.meta["quantization_annotation"] = qz.QuantizationAnnotation(
+                        input_qspec_map={a: act, b: act}, output_qspec=out, _annotated=True)
+            elif node.target == aten.cat.default:
+                inputs = list(node.args[0])
+                if inputs and all(_is_float_activation(x) for x in inputs):
+                    shared = qz.SharedQuantizationSpec((inputs[0], node))
+                    node.meta["quantization_annotation"] = qz.QuantizationAnnotation(
+                        input_qspec_map={inputs[0]: act, **{x: shared for x in inputs[1:]}},
+                        output_qspec=shared, _annotated=True)
+
+    class EdgeQuantizer(pq.PT2EQuantizer):
+        def annotate(self, model: Any) -> Any:
+            config = self.global_config
+            for op in self.STATIC_OPS:
+                utils.OP_TO_ANNOTATOR[op](model, config, quantize_node)
+            annotate_adds_and_cats(model, config)
+            utils.propagate_annotation(model)
+            return model
+
+    return EdgeQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+
+
+def quantize_int8(model: nn.Module, calibration: Sequence[np.ndarray],
+                  keep_float: Sequence[str] = ()) -> tuple[bytes, dict[str, Any]]:
+    """Full-integer int8 ``.tflite`` bytes (float32 I/O) calibrated on ``calibration``, and what was done."""
+    import torch
+
+    require("litert_torch", _EXTRA, "int8 LiteRT export")
+    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", _EXTRA, "int8 LiteRT export")
+    QuantConfig = require("litert_torch.quantize.quant_config", _EXTRA, "int8 LiteRT export").QuantConfig
+    example = torch.from_numpy(calibration[0])
+    quantizer = _make_quantizer(keep_float)
+    graph, pads = _exported(model, example)
+    try:
+        prepared = pt2e.prepare_pt2e(graph, quantizer)
+    except Exception as exc:
+        raise EdgevitError(f"int8 PT2E preparation of {type(model).__name__} failed ({type(exc).__name__}: "
+                           f"{_first_line(exc)})") from exc
+    kept_nodes: Counter[str] = Counter()
+    if keep_float:
+        for node in prepared.graph.nodes:
+            if node.op == "call_function" and (m := _in_modules(node, keep_float)) is not None:
+                kept_nodes[m] += 1
+        missing = [m for m in keep_float if not kept_nodes[m]]
+        if missing:
+            raise EdgevitError(f"keep_float: no graph node came from module(s) {missing} (they compute nothing "
+                               "after export); name the module that holds the computation")
+    with torch.no_grad():
+        for x in calibration:
+            prepared(torch.from_numpy(x))
+    converted = pt2e.convert_pt2e(prepared, fold_quantize=False)
+    for m in converted.modules():
+        m.training = False
+    raw = _convert(converted, example, "int8", quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    content, edits = postprocess_int8(raw)
+    details = {
+        "scheme": "full-integer int8 post-training quantization (litert-torch PT2E, static QDQ conversion)",
+        "weights": "int8 symmetric per output channel (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)",
+        "activations": "int8 affine per tensor, HistogramObserver ranges from the calibration images",
+        "float_ops": "attention products (BATCH_MATMUL), ReLU, division, hardswish / GELU; see "
+                     "delegation.compute_ops",
+        "io": "float32 input and output; QUANTIZE / DEQUANTIZE inside the graph",
+        "calibration_images": len(calibration),
+        "keep_float": list(keep_float),
+        "keep_float_nodes": dict(kept_nodes),
+        "graph_edits": {"zero_fill_pads": pads, **edits},
+    }
+    return content, details
+
+
+# --- flatbuffer passes -------------------------------------------------------------------------
+def _schema() -> tuple[Any, Any]:
+    fb = require("ai_edge_litert.tools.flatbuffer_utils", _EXTRA, "LiteRT graph editing")
+    return fb, require("ai_edge_litert.schema_py_generated", _EXTRA, "LiteRT graph editing")
+
+
+def _builtin_name(schema: Any, code: Any) -> str | None:
+    if code.customCode:
+        return None
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return next((k for k, v in vars(schema.BuiltinOperator).items() if v == builtin and not k.startswith("_")), None)
+
+
+def _opcode(model: Any, schema: Any, builtin: int, version: int) -> int:
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and not code.customCode:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _float_tensor(schema: Any, like: Any, name: Any) -> Any:
+    t = schema.TensorT()
+    t.shape = list(like.shape)
+    t.shapeSignature = list(like.shapeSignature) if like.shapeSignature is not None else None
+    t.type = schema.TensorType.FLOAT32
+    t.buffer = 0  # buffer 0 is the empty sentinel: a runtime tensor
+    t.name = name
+    t.hasRank = like.hasRank
+    return t
+
+
+def _op(schema: Any, opcode: int, inputs: list[int], outputs: list[int]) -> Any:
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = opcode, inputs, outputs
+    return op
+
+
+def postprocess_int8(content: bytes) -> tuple[bytes, dict[str, int]]:
+    """Float32 I/O and float32 activation islands for a converter-made int8 flatbuffer (module docstring)."""
+    fb, schema = _schema()
+    model = fb.read_model_from_bytearray(bytearray(content))
+    if model.buffers[0].data is not None and len(model.buffers[0].data):
+        raise EdgevitError("int8 LiteRT graph: buffer 0 is not the empty sentinel; cannot add runtime tensors")
+    ops_enum, types = schema.BuiltinOperator, schema.TensorType
+    q = _opcode(model, schema, ops_enum.QUANTIZE, 2)
+    dq = _opcode(model, schema, ops_enum.DEQUANTIZE, 2)
+    quantized = (types.INT8, types.UINT8, types.INT16)
+    islands = {i: _builtin_name(schema, c) for i, c in enumerate(model.operatorCodes)
+               if _builtin_name(schema, c) in FLOAT_ISLAND_OPS}
+    edits = {"float_inputs": 0, "float_outputs": 0, **{f"{name.lower()}_to_float": 0 for name in FLOAT_ISLAND_OPS}}
+    for index, sg in enumerate(model.subgraphs):
+        tensors = sg.tensors
+
+        def add_tensor(t: Any) -> int:
+            tensors.append(t)
+            return len(tensors) - 1
+
+        new_ops = []
+        for op in sg.operators:
+            if op.opcodeIndex in islands and tensors[op.inputs[0]].type in quantized:
+                # same op (options kept, e.g. GELU's approximate flag) on float32 tensors
+                a, b = op.inputs[0], op.outputs[0]
+                fa = add_tensor(_float_tensor(schema, tensors[a], tensors[a].name + b"/float"))
+                fo = add_tensor(_float_tensor(schema, tensors[b], tensors[b].name + b"/float"))
+                op.inputs, op.outputs = [fa, *op.inputs[1:]], [fo]
+                new_ops += [_op(schema, dq, [a], [fa]), op, _op(schema, q, [fo], [b])]
+                edits[f"{islands[op.opcodeIndex].lower()}_to_float"] += 1
+            else:
+                new_ops.append(op)
+        remap: dict[int, int] = {}
+        front, back = [], []
+        for pos, t in enumerate(sg.inputs):
+            if tensors[t].type in quantized:
+                f = add_tensor(_float_tensor(schema, tensors[t], tensors[t].name))
+                tensors[t].name += b"/quantized"
+                front.append(_op(schema, q, [f], [t]))
+                sg.inputs[pos] = remap[t] = f
+                edits["float_inputs"] += 1
+        for pos, t in enumerate(sg.outputs):
+            if tensors[t].type in quantized:
+                f = add_tensor(_float_tensor(schema, tensors[t], tensors[t].name))
+                tensors[t].name += b"/quantized"
+                back.append(_op(schema, dq, [t], [f]))
+                sg.outputs[pos] = remap[t] = f
+                edits["float_outputs"] += 1
+        sg.operators = front + new_ops + back
+        for sig in model.signatureDefs or []:
+            if sig.subgraphIndex == index:
+                for tm in list(sig.inputs or []) + list(sig.outputs or []):
+                    tm.tensorIndex = remap.get(tm.tensorIndex, tm.tensorIndex)
+    return bytes(fb.convert_object_to_bytearray(model)), edits
+
+
+# --- graph summary -----------------------------------------------------------------------------
+def _interpreter(source: str | Path | bytes, threads: int) -> Any:
+    lite = require("ai_edge_litert.interpreter", _EXTRA, "running a LiteRT artifact")
+    if isinstance(source, bytes):
+        return lite.Interpreter(model_content=source, num_threads=threads)
+    return lite.Interpreter(model_path=str(source), num_threads=threads)
+
+
+def _partition(interp: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(graph ops, delegate nodes, graph ops not taken by any delegate) of an allocated interpreter.
+
+    Delegate nodes are appended after the model's own nodes; a delegate covers every node between its
+    inputs and outputs (delegated partitions are convex), found by walking back from its outputs.
+    """
+    ops = interp._get_ops_details()
+    graph = [o for o in ops if o["op_name"] != "DELEGATE"]
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    producer = {int(t): o["index"] for o in graph for t in o["outputs"]}
+    covered: set[int] = set()
+    for d in delegates:
+        stop = {int(t) for t in d["inputs"]}
+        stack, seen = [int(t) for t in d["outputs"]], set()
+        while stack:
+            t = stack.pop()
+            if t in stop or t in seen or t not in producer:
+                continue
+            seen.add(t)
+            n = producer[t]
+            if n not in covered:
+                covered.add(n)
+                stack.extend(int(i) for i in ops[n]["inputs"] if i >= 0)
+    return graph, delegates, [o for o in graph if o["index"] not in covered]
+
+
+def _compute_dtype(op: dict[str, Any]) -> str:
+    types = [np.dtype(t).name for t in op["operand_types"]]
+    return types[0] if types else "none"
+
+
+def graph_summary(source: str | Path | bytes, threads: int = 1) -> dict[str, Any]:
+    """Op histogram, int8 vs float32 compute ops and the XNNPACK partitioning of a ``.tflite``."""
+    interp = _interpreter(source, threads)
+    interp.allocate_tensors()
+    graph, delegates, left = _partition(interp)
+    hist = Counter(o["op_name"] for o in graph)
+    compute = Counter(f"{o['op_name']}:{_compute_dtype(o)}" for o in graph if o["op_name"] not in _MOVEMENT_OPS)
+    by_dtype = Counter(_compute_dtype(o) for o in graph if o["op_name"] not in _MOVEMENT_OPS)
+    return {
+        "runtime": "LiteRT interpreter (ai-edge-litert), default XNNPACK delegate on CPU",
+        "delegate": "XNNPACK",
+        "nodes": len(graph),
+        "delegated_nodes": len(graph) - len(left),
+        "non_delegated_nodes": len(left),
+        "partitions": len(delegates),
+        "non_delegated_ops": dict(sorted(Counter(f"{o['op_name']}:{_compute_dtype(o)}" for o in left).items())),
+        "op_histogram": dict(sorted(hist.items())),
+        "compute_ops": dict(sorted(compute.items())),
+        "int8_compute_ops": by_dtype.get("int8", 0),
+        "float32_compute_ops": by_dtype.get("float32", 0),
+        "quantize_ops": hist.get("QUANTIZE", 0),
+        "dequantize_ops": hist.get("DEQUANTIZE", 0),
+        "resize_ops": {op: hist.get(op, 0) for op in RESIZE_OPS},
+        "io_dtypes": {"input": np.dtype(interp.get_input_details()[0]["dtype"]).name,
+                      "output": np.dtype(interp.get_output_details()[0]["dtype"]).name},
+    }
+
+
+# --- runner ------------------------------------------------------------------------------------
+def _check_threads(threads: int | None) -> int:
+    if threads is None:
+        return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise EdgevitError(f"threads must be a positive int or None, got {threads!r}")
+    return threads
+
+
+class LiteRTRunner(CheckedRunner):
+    """A ``.tflite`` artifact on the LiteRT interpreter (XNNPACK delegate), ``threads`` CPU threads
+    (default: all cores). Float32 in, float32 out; an artifact with quantized I/O (not produced by edgevit)
+    is fed and read through its tensors' scale and zero point."""
+
+    def __init__(self, artifact: Path, manifest: Manifest, threads: int | None = None):
+        if manifest.format != LiteRTBackend.name:
+            raise EdgevitError(f"{artifact}: manifest format is {manifest.format!r}, not 'tflite'; "
+                               "load it with edgevit.runtime.load_artifact")
+        self.threads = _check_threads(threads)
+        start = time.perf_counter()
+        try:
+            interp = _interpreter(Path(artifact), self.threads)
+            interp.allocate_tensors()
+        except EdgevitError:
+            raise
+        except Exception as exc:
+            raise EdgevitError(f"{artifact}: the LiteRT interpreter cannot load it ({_first_line(exc)}); "
+                               "re-export the artifact") from exc
+        super().__init__(manifest, Path(artifact), time.perf_counter() - start)
+        self.interpreter = interp
+        ins, outs = interp.get_input_details(), interp.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise EdgevitError(f"{artifact}: expected one input and one output, found {len(ins)} and {len(outs)}")
+        self._in, self._out = ins[0], outs[0]
+        if tuple(int(d) for d in self._in["shape"]) != self.input_shape:
+            raise EdgevitError(f"{artifact}: graph input shape {tuple(self._in['shape'])} differs from the "
+                               f"manifest's {self.input_shape}; re-export the artifact")
+        want = tuple(int(d) for d in manifest.outputs[0]["shape"]) if manifest.outputs else None
+        if want is not None and tuple(int(d) for d in self._out["shape"]) != want:
+            raise EdgevitError(f"{artifact}: graph output shape {tuple(self._out['shape'])} differs from the "
+                               f"manifest's {want}; re-export the artifact")
+
+    @staticmethod
+    def _affine(detail: dict[str, Any]) -> tuple[float, int]:
+        scale, zero = detail["quantization"]
+        if not scale:
+            raise EdgevitError(f"tensor {detail['name']} is {np.dtype(detail['dtype']).name} without a scale")
+        return float(scale), int(zero)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._in["dtype"])
+        if dtype != np.float32:
+            scale, zero = self._affine(self._in)
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+        self.interpreter.set_tensor(self._in["index"], x)
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self._out["index"])
+        if y.dtype != np.float32:
+            scale, zero = self._affine(self._out)
+            y = (y.astype(np.float32) - zero) * np.float32(scale)
+        return y
+
+
+# --- backend -----------------------------------------------------------------------------------
+class LiteRTBackend:
+    """``.tflite`` artifacts at fp32, fp16 (weights) and int8 (full integer, float32 I/O)."""
+
+    name = "tflite"
+    extension = ".tflite"
+    precisions = ("fp32", "fp16", "int8")
+    extra = _EXTRA
+
+    def export(self, request: ExportRequest) -> ExportResult:
+        _check_request(request)
+        versions = tool_versions()
+        notes: list[str] = []
+        quant: dict[str, Any] | None = None
+        model = request.model.eval()
+        if request.precision == "int8":
+            calibration = check_calibration(request.calibration, request.input_shape)
+            keep = check_keep_float(model, request.keep_float)
+            content, quant = quantize_int8(model, calibration, keep)
+            pads = quant["graph_edits"]["zero_fill_pads"]
+            notes.append("int8: float32 I/O (QUANTIZE/DEQUANTIZE inside the graph); hardswish runs in float32 "
+                         "between DEQUANTIZE/QUANTIZE because XNNPACK does not delegate int8 HARD_SWISH")
+        else:
+            content, pads = export_fp32(model, request.input_shape)
+            if request.precision == "fp16":
+                content = fp16_weights(content)
+                quant = {"scheme": "float16 weights (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) behind "
+                                   "DEQUANTIZE; float32 activations and biases"}
+                notes.append("fp16: weights stored as float16; the XNNPACK delegate on CPU converts them to "
+                             "float32 when it builds its graph and computes in float32 (smaller file, same speed)")
+        if pads:
+            notes.append(f"{pads} constant pad(s) with a non-zero fill (LiteMLA's row of ones) lowered as a zero "
+                         "pad plus a constant border (exact): PADV2 is not delegated by XNNPACK, and in int8 the "
+                         "converter would quantize the fill with the input's scale")
+        summary = graph_summary(content)
+        if any(summary["resize_ops"].values()):
+            raise EdgevitError(f"tflite: the converted graph contains {summary['resize_ops']}: a resize was "
+                               "substituted for bicubic upsampling; run export_friendly() on the model first")
+        if summary["io_dtypes"] != {"input": "float32", "output": "float32"}:
+            raise EdgevitError(f"tflite: converted graph has {summary['io_dtypes']} I/O, expected float32")
+        if summary["non_delegated_nodes"]:
+            notes.append(f"XNNPACK leaves {summary['non_delegated_nodes']} node(s) to the builtin kernels "
+                         f"({summary['non_delegated_ops']}), splitting the graph into "
+                         f"{summary['partitions']} delegated partitions")
+        out = Path(request.out_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with io.atomic_write(out) as f:
+            f.write(content)
+        return ExportResult(tool_versions=versions, delegation=summary, notes=notes, quantization=quant)
+
+    def load(self, artifact: Path, manifest: Manifest, threads: int | None = None) -> LiteRTRunner:
+        return LiteRTRunner(Path(artifact), manifest, threads)
