@@ -29,6 +29,15 @@ def voc(shared_data):
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train single-threaded, like finetune's default (fast and reproducible on a shared machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def no_eval(monkeypatch):
     """Skip the (slow, full-resolution) final evaluation; record what it would have measured."""
@@ -61,11 +70,11 @@ def test_loss_goes_down_on_a_fixed_batch(voc):
     samples = {i: ds[i] for i in range(2)}
     torch.manual_seed(0)
     model = edgevit.create_model(MODEL).train()
-    x, y = ft.make_batch(samples, [0, 1], np.random.default_rng(0), 96, (0.5, 2.0), model.contract)
-    assert x.shape == (2, 3, 96, 96) and y.shape == (2, 96, 96) and set(y.unique().tolist()) <= {*range(21), 255}
+    x, y = ft.make_batch(samples, [0, 1], np.random.default_rng(0), 64, (0.5, 2.0), model.contract)
+    assert x.shape == (2, 3, 64, 64) and y.shape == (2, 64, 64) and set(y.unique().tolist()) <= {*range(21), 255}
     opt = ft.make_optimizer(model, 3e-3, 0.01)
     losses = []
-    for _ in range(12):
+    for _ in range(10):
         loss = ft.segmentation_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -105,6 +114,7 @@ def test_same_seed_gives_identical_weights(voc, tmp_path, no_eval):
     _run(voc, b, seed=3)
     _run(voc, c, seed=4)
     _assert_same(_weights(a / "model.safetensors"), _weights(b / "model.safetensors"))
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()  # byte-identical file
     wa, wc = _weights(a / "model.safetensors"), _weights(c / "model.safetensors")
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 

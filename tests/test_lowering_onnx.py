@@ -189,7 +189,7 @@ def test_int8_fidelity_on_held_out_photos(b0, b0_int8):
 def test_int8_export_keeps_float_modules(b0, b0_int8):
     result = b0_int8["kept_result"]
     q = result.quantization
-    kept = q["kept_float"]
+    kept = q["kept_float_nodes"]
     assert set(kept) == set(KEEP_FLOAT) and q["excluded_nodes"] == sum(len(v) for v in kept.values())
     assert q["calibration_count"] == N_CALIB and "symmetric" in q["activations"]
     # The mapping on the fp32 graph: the first conv (BN folded in) reads the image; the classifier conv is
@@ -239,11 +239,11 @@ def test_keep_float_names_are_checked(b0):
     proto = onnx.load(str(read_manifest(b0["fp32"])[1]))
     model = b0["model"]
     with pytest.raises(EdgevitError, match="did you mean 'backbone.input_stem.op_list.0.conv'"):
-        lowering_onnx._keep_float_nodes(model, proto, ["backbone.input_stem.op_list.0.cnv"])
+        lowering_onnx.keep_float_nodes(model, proto, ["backbone.input_stem.op_list.0.cnv"])
     model.unused = nn.Identity()
     try:
         with pytest.raises(EdgevitError, match="no ONNX node came from module 'unused'"):
-            lowering_onnx._keep_float_nodes(model, proto, ["unused"])
+            lowering_onnx.keep_float_nodes(model, proto, ["unused"])
     finally:
         del model.unused
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import io
-from .cards import load_card, parse_quantity
+from .cards import bundled_weights, load_card, parse_quantity
 from .data.segmentation import open_segmentation_dataset
 from .errors import EdgevitError
 from .evaluate import SegEvaluation, evaluate_segmentation
@@ -19,9 +19,12 @@ from .models import SegContract, count_macs, count_params, create_model, get_mod
 from .predict import predict_images
 from .runtime import load_artifact
 
-DEMO_MODEL = "efficientvit-seg-b1-ade20k"
-# Photos that ship inside the scikit-image wheel (no download needed).
-DEMO_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
+DEMO_MODEL = "efficientvit-seg-b0-voc"
+# The trained checkpoint that ships with the repo (see its model card for how it was trained).
+TRAINED_WEIGHTS = bundled_weights(DEMO_MODEL)
+# Photos that ship inside the scikit-image wheel (no download needed): real images for predictions,
+# int8 calibration and the fidelity measurements of the report.
+DEMO_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "camera", "brick", "grass")
 
 
 def model_info(model_id: str) -> dict[str, Any]:
@@ -72,29 +75,52 @@ def evaluate(model_id: str, data: str | Path, layout: str, weights: str | Path |
     return result
 
 
-def demo(out: str | Path, model_id: str = DEMO_MODEL, weights: str | Path | None = None,
-         progress: bool = True) -> dict[str, Any]:
-    """The main job on the local CPU with bundled sample photos: build the model, segment the samples,
-    write label maps, overlays and ``summary.json`` under ``out``."""
+def _write_samples(folder: Path) -> list[Path]:
     try:
         from skimage import data as samples
     except ImportError:
         raise EdgevitError("demo needs scikit-image's bundled photos; install it with: pip install 'edgevit[samples]'")
-    out = Path(out)
-    (out / "inputs").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in DEMO_SAMPLES:
-        image = np.ascontiguousarray(getattr(samples, name)()[..., :3], dtype=np.uint8)
-        paths.append(out / "inputs" / f"{name}.png")
-        io.write_png(paths[-1], image)
+        image = getattr(samples, name)()
+        image = image[0] if isinstance(image, tuple) else image  # stereo pairs: the left view
+        image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+        paths.append(folder / f"{name}.png")
+        io.write_png(paths[-1], np.ascontiguousarray(image, dtype=np.uint8))
+    return paths
+
+
+def demo(out: str | Path, model_id: str = DEMO_MODEL, weights: str | Path | None = TRAINED_WEIGHTS,
+         formats: tuple[str, ...] = ("pte", "tflite", "onnx"), precisions: tuple[str, ...] = ("fp32", "int8"),
+         runs: int = 10, progress: bool = True) -> dict[str, Any]:
+    """The main job on the local CPU with bundled sample photos: load the trained checkpoint, segment the
+    photos (label maps, overlays), export to every format and precision (int8 calibrated on the photos,
+    each artifact gated on its measured fidelity) and write the accuracy-and-latency report.
+
+    Outputs under ``out``: ``inputs/``, ``predictions/``, ``bench/`` (artifacts, bench.md/.json/.html),
+    ``summary.json``.
+    """
+    from .harness.bench import bench
+
+    out = Path(out)
+    if weights is not None and not Path(weights).is_file():
+        raise EdgevitError(f"{weights}: trained checkpoint not found; pass --weights or train one with "
+                           "'edgevit finetune' (see models/efficientvit-seg-b0-voc.yaml)")
+    paths = _write_samples(out / "inputs")
     info = model_info(model_id)
     summary = predict(model_id, paths, out / "predictions", weights=weights, progress=progress)
+    rows = bench(model_id, out / "inputs", out / "bench", weights=weights, formats=formats, precisions=precisions,
+                 runs=runs, progress=progress)
     report = {
-        "model": model_id, "weights": summary["weights"],
-        "params": info["params"], "macs_at_eval_size": info["macs"], "published": info.get("published"),
+        "model": model_id, "weights": summary["weights"], "params": info["params"],
+        "macs_at_eval_size": info["macs"],
         "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
                  "threads": torch.get_num_threads()},
-        "images": summary["images"],
+        "predictions": summary["images"],
+        "bench": [{"format": r.format, "precision": r.precision, "status": r.status, "p50_ms": r.p50_ms,
+                   "agreement": r.agreement, "size_mb": r.size_mb} for r in rows],
+        "report": str(out / "bench" / "bench.html"),
     }
     io.write_json(out / "summary.json", report)
     return report

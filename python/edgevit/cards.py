@@ -32,6 +32,11 @@ def cards_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
 
 
+def bundled_weights(model_id: str) -> Path:
+    """Where the repo keeps the checkpoint of a model trained here: ``models/weights/<id>.safetensors``."""
+    return cards_dir() / "weights" / f"{model_id}.safetensors"
+
+
 def parse_quantity(text: str) -> tuple[float, float]:
     """"4.8M" -> (4.8e6, 1e5): the value and the resolution of its last printed digit."""
     m = _QUANTITY.match(text)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cards import bundled_weights
 from .errors import EdgevitError
 
 
@@ -64,9 +65,10 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .api import demo
 
-    report = demo(a.out, model_id=a.model, weights=a.weights)
-    print(f"{report['model']}: {len(report['images'])} sample photos segmented; outputs in {a.out} "
-          f"(summary.json, predictions/)")
+    report = demo(a.out, model_id=a.model, weights=a.weights, formats=tuple(a.formats.split(",")), runs=a.runs)
+    print((Path(a.out) / "bench" / "bench.md").read_text(), end="")
+    print(f"{report['model']}: {len(report['predictions'])} sample photos segmented (predictions/), "
+          f"{len(report['bench']) - 1} artifacts exported and measured; report: {report['report']}")
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
@@ -103,6 +105,18 @@ def _cmd_bench(a: argparse.Namespace) -> None:
                  formats=tuple(a.formats.split(",")), precisions=tuple(a.precisions.split(",")),
                  input_size=a.input_size, threads=a.threads, runs=a.runs, limit=a.limit, reuse=not a.no_reuse)
     print((Path(a.out) / "bench.md").read_text(), end="")
+
+
+def _cmd_finetune(a: argparse.Namespace) -> None:
+    from .train.finetune import finetune
+
+    args = {k: v for k, v in vars(a).items() if k not in ("fn", "command", "debug")}
+    args["scale"] = tuple(args["scale"])
+    report = finetune(**args)
+    ev = report["eval"]
+    print(f"{a.out}: {report['steps']} steps, final loss {report['final_loss']:.3f}; train mIoU "
+          f"{100 * ev['train']['miou']:.2f}" + (f", held-out mIoU {100 * ev['holdout']['miou']:.2f}"
+                                                 if ev.get("holdout") else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,10 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_bench)
 
-    s = sub.add_parser("demo", help="the main job on bundled sample photos")
+    s = sub.add_parser("finetune", help="fine-tune a model on a labelled dataset (AdamW + cosine), resumable")
+    from .train.finetune import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(fn=_cmd_finetune)
+
+    s = sub.add_parser("demo", help="the main job: trained model, sample photos, every format, the report")
     s.add_argument("--out", default="runs/demo")
-    s.add_argument("--model", default="efficientvit-seg-b1-ade20k")
-    s.add_argument("--weights")
+    s.add_argument("--model", default="efficientvit-seg-b0-voc")
+    s.add_argument("--weights", default=str(bundled_weights("efficientvit-seg-b0-voc")))
+    s.add_argument("--formats", default="pte,tflite,onnx")
+    s.add_argument("--runs", type=int, default=10)
     s.set_defaults(fn=_cmd_demo)
     return p
 

@@ -44,8 +44,8 @@ class Fidelity:
     miou_drop: float | None = None  # points (×100), float minus artifact
 
     def to_dict(self) -> dict[str, object]:
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) and k != "sqnr_db" else v)
-                for k, v in asdict(self).items()}
+        """JSON-ready; non-finite values (SQNR of identical outputs, mIoU without classes) become None."""
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 def measure(reference: LogitsFn, candidate: LogitsFn, contract: SegContract, images: ImageSet) -> Fidelity:

@@ -1,48 +1,51 @@
 """LiteRT (TFLite) backend: ``.tflite`` flatbuffers from litert-torch, run by the LiteRT interpreter on CPU.
 
-All three precisions keep the artifact's I/O float32 NCHW (``1×3×H×W`` image in, ``1×C×H/8×W/8`` logits
-out); the layout transposes to the runtime's NHWC live inside the graph.
+Every precision keeps the artifact's I/O float32 NCHW (``1×3×H×W`` image in, ``1×C×H/8×W/8`` logits out);
+the transposes to the runtime's NHWC live inside the graph. The model is ``torch.export``-ed first and one
+exact graph pass runs on every precision (:func:`zero_fill_pads`: a pad with a non-zero fill, LiteMLA's
+row of ones, becomes a zero pad plus a constant border).
 
 fp32
-    ``litert_torch.convert(model, (example,))``. The CPU runtime hands the graph to its default delegate,
-    XNNPACK.
+    ``litert_torch.convert``. The CPU runtime hands the graph to its default delegate, XNNPACK.
 fp16
     The fp32 flatbuffer with the weights of every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED stored as
     float16 behind an explicit DEQUANTIZE (ai-edge-quantizer's ``float_casting`` weight-only recipe);
-    biases and activations stay float32. This halves the file, not the compute: on CPU the XNNPACK
-    delegate folds each fp16 weight back to fp32 when it builds its graph and computes in fp32 (it would
-    only compute in fp16 if asked to force fp16 inference, which the interpreter here never does).
+    biases and activations stay float32. This halves the weights, not the compute: on CPU the XNNPACK
+    delegate converts each fp16 weight back to fp32 once, when it builds its graph, and computes in fp32
+    (it would compute in fp16 only if told to force fp16 inference, which this runner never does).
 int8
-    Full-integer post-training quantization with litert-torch's PT2E flow: ``torch.export`` →
-    ``prepare_pt2e`` with :class:`litert_torch.quantize.pt2e_quantizer.PT2EQuantizer` (weights int8
-    symmetric per output channel, activations int8 affine per tensor, histogram observers) → forward passes
-    over the calibration images (real pre-processed photos) → ``convert_pt2e`` → ``litert_torch.convert``
-    with ``QuantConfig(pt2e_quantizer=...)`` (static QDQ conversion). Two flatbuffer passes follow:
+    Full-integer post-training quantization with litert-torch's PT2E flow: ``prepare_pt2e`` with a
+    :class:`litert_torch.quantize.pt2e_quantizer.PT2EQuantizer` (weights int8 symmetric per output
+    channel, activations int8 affine per tensor, histogram observers) → forward passes over the
+    calibration images (real pre-processed photos) → ``convert_pt2e`` → ``litert_torch.convert`` with
+    ``QuantConfig(pt2e_quantizer=...)`` (static QDQ conversion). Then two flatbuffer passes
+    (:func:`postprocess_int8`):
 
-    - float32 I/O: the converter folds the first QUANTIZE and last DEQUANTIZE into an int8 input and
-      output; they are put back (QUANTIZE after a float32 input, DEQUANTIZE before a float32 output),
-      so the artifact takes and returns float32 like the others and XNNPACK runs the conversions.
-    - int8 HARD_SWISH (fused by the converter from DEQUANTIZE → hardswish → QUANTIZE) is not taken by
-      the XNNPACK delegate, so each one split the delegated graph (B-series: one partition per
-      activation). Each becomes DEQUANTIZE → float32 HARD_SWISH → QUANTIZE with the same
-      scales, which XNNPACK takes.
+    - float32 I/O: the converter folds the first QUANTIZE and the last DEQUANTIZE into an int8 input and
+      output. They are put back (QUANTIZE after a float32 input, DEQUANTIZE before a float32 output), so
+      the artifact takes and returns float32 like the others; XNNPACK runs both conversions.
+    - float activations (:data:`FLOAT_ISLAND_OPS`): the converter fuses DEQUANTIZE → hardswish / GELU →
+      QUANTIZE into int8 HARD_SWISH / GELU, which the XNNPACK delegate does not take, so each one split
+      the delegated graph (b0 at 512×1024: 26 partitions, 4.4× slower). Each becomes DEQUANTIZE →
+      float32 op → QUANTIZE with the same scales, which XNNPACK takes (one partition).
 
     Convolutions, fully-connected (bicubic upsampling as matrices), residual and head additions,
-    concatenations, pads, slices, reshapes and transposes run in int8; the linear-attention products
-    (BATCH_MATMUL, ReLU, division) and the activations above run in float32 between
-    DEQUANTIZE/QUANTIZE pairs. Residual additions are annotated here (the stock PT2E "add" annotator finds
-    none under ``torch.export`` because it matches on ``source_fn_stack``, which torch.export no longer
-    records), otherwise each one would be computed in float32 between a DEQUANTIZE and a QUANTIZE.
+    concatenations, zero pads, slices, reshapes and transposes run in int8; the linear-attention part
+    (BATCH_MATMUL, ReLU, the ones-row addition, ``+ eps``, division) and the activations run in float32
+    between DEQUANTIZE/QUANTIZE pairs. Additions and concatenations are annotated here: the stock PT2E
+    "add" and "cat" annotators find their ops through ``source_fn_stack``, which ``torch.export`` no
+    longer records, so residual additions would run in float32 and a concatenation would get the range
+    of its first input only.
 
-    ``keep_float`` is supported: nodes traced inside a named module (its ``nn_module_stack``) are left
-    un-annotated, so they compute in float32 with float weights; their neighbours' QUANTIZE/DEQUANTIZE
-    pairs form the boundary. (The stock ``PT2EQuantizer.set_module_name`` cannot be used for this: it
-    rejects ``None`` configs and parses module names from ``nn_module_stack`` keys in a format this torch
-    no longer produces.)
+    ``keep_float`` is supported: nodes traced inside a named module (its ``nn_module_stack``) are not
+    annotated, so they compute in float32 with float weights; the neighbours' QUANTIZE/DEQUANTIZE pairs
+    form the boundary. (``PT2EQuantizer.set_module_name`` cannot do this: it rejects a ``None`` config and
+    parses the ``nn_module_stack`` keys in a format this torch no longer produces.)
 
-Delegation summary: after building the artifact it is loaded in the same interpreter configuration the
-runner uses (default XNNPACK delegate) and its nodes are read back: the op histogram, float32 vs int8
-compute ops, how many delegate partitions XNNPACK formed and which ops it left to the builtin kernels.
+Delegation summary (:func:`graph_summary`): the artifact is loaded the way the runner loads it (default
+XNNPACK delegate) and its nodes are read back: op histogram, float32 vs int8 compute ops, the number of
+delegate partitions, the ops left to the builtin kernels, and a count of resize ops (must be zero: the
+bicubic upsampling is constant matrices, never RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ import difflib
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,10 +146,25 @@ def _check_request(request: ExportRequest) -> None:
 
 
 # --- conversion --------------------------------------------------------------------------------
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """Hide litert-torch's per-stage progress lines unless the user set LITERT_TORCH_SHOW_PROGRESS."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "n"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def _convert(model: Any, example: Any, what: str, **kwargs: Any) -> bytes:
     litert_torch = require("litert_torch", _EXTRA, "LiteRT export")
     try:
-        return bytes(litert_torch.convert(model, (example,), **kwargs).model_content())
+        with _quiet_progress():
+            return bytes(litert_torch.convert(model, (example,), **kwargs).model_content())
     except EdgevitError:
         raise
     except Exception as exc:
@@ -175,7 +194,7 @@ def fp16_weights(fp32: bytes) -> bytes:
         quantizer.update_quantization_recipe(regex=".*", operation_name=getattr(qtyping.TFLOperationName, op),
                                              op_config=config, algorithm_key=aeq.AlgorithmName.FLOAT_CASTING)
     try:
-        result = quantizer.quantize(enable_progress_report=False)
+        result = quantizer.quantize(enable_progress_bar=False, enable_progress_report=False)
     except Exception as exc:
         raise EdgevitError(f"fp16 weight casting failed ({type(exc).__name__}: {_first_line(exc)})") from exc
     return bytes(result.quantized_model)
@@ -374,8 +393,8 @@ def quantize_int8(model: nn.Module, calibration: Sequence[np.ndarray],
         "scheme": "full-integer int8 post-training quantization (litert-torch PT2E, static QDQ conversion)",
         "weights": "int8 symmetric per output channel (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED)",
         "activations": "int8 affine per tensor, HistogramObserver ranges from the calibration images",
-        "float_ops": "attention products (BATCH_MATMUL), ReLU, division, hardswish / GELU; see "
-                     "delegation.compute_ops",
+        "float_ops": "linear attention (BATCH_MATMUL, ReLU, ones-row and eps additions, division) and "
+                     "hardswish / GELU, between DEQUANTIZE and QUANTIZE; see delegation.compute_ops",
         "io": "float32 input and output; QUANTIZE / DEQUANTIZE inside the graph",
         "calibration_images": len(calibration),
         "keep_float": list(keep_float),
@@ -419,6 +438,11 @@ def _float_tensor(schema: Any, like: Any, name: Any) -> Any:
     return t
 
 
+def _append(tensors: list[Any], tensor: Any) -> int:
+    tensors.append(tensor)
+    return len(tensors) - 1
+
+
 def _op(schema: Any, opcode: int, inputs: list[int], outputs: list[int]) -> Any:
     op = schema.OperatorT()
     op.opcodeIndex, op.inputs, op.outputs = opcode, inputs, outputs
@@ -440,18 +464,14 @@ def postprocess_int8(content: bytes) -> tuple[bytes, dict[str, int]]:
     edits = {"float_inputs": 0, "float_outputs": 0, **{f"{name.lower()}_to_float": 0 for name in FLOAT_ISLAND_OPS}}
     for index, sg in enumerate(model.subgraphs):
         tensors = sg.tensors
-
-        def add_tensor(t: Any) -> int:
-            tensors.append(t)
-            return len(tensors) - 1
-
         new_ops = []
         for op in sg.operators:
-            if op.opcodeIndex in islands and tensors[op.inputs[0]].type in quantized:
+            if (op.opcodeIndex in islands and tensors[op.inputs[0]].type in quantized
+                    and tensors[op.outputs[0]].type in quantized):
                 # same op (options kept, e.g. GELU's approximate flag) on float32 tensors
                 a, b = op.inputs[0], op.outputs[0]
-                fa = add_tensor(_float_tensor(schema, tensors[a], tensors[a].name + b"/float"))
-                fo = add_tensor(_float_tensor(schema, tensors[b], tensors[b].name + b"/float"))
+                fa = _append(tensors, _float_tensor(schema, tensors[a], (tensors[a].name or b"") + b"/float"))
+                fo = _append(tensors, _float_tensor(schema, tensors[b], (tensors[b].name or b"") + b"/float"))
                 op.inputs, op.outputs = [fa, *op.inputs[1:]], [fo]
                 new_ops += [_op(schema, dq, [a], [fa]), op, _op(schema, q, [fo], [b])]
                 edits[f"{islands[op.opcodeIndex].lower()}_to_float"] += 1
@@ -461,15 +481,15 @@ def postprocess_int8(content: bytes) -> tuple[bytes, dict[str, int]]:
         front, back = [], []
         for pos, t in enumerate(sg.inputs):
             if tensors[t].type in quantized:
-                f = add_tensor(_float_tensor(schema, tensors[t], tensors[t].name))
-                tensors[t].name += b"/quantized"
+                f = _append(tensors, _float_tensor(schema, tensors[t], tensors[t].name))
+                tensors[t].name = (tensors[t].name or b"") + b"/quantized"
                 front.append(_op(schema, q, [f], [t]))
                 sg.inputs[pos] = remap[t] = f
                 edits["float_inputs"] += 1
         for pos, t in enumerate(sg.outputs):
             if tensors[t].type in quantized:
-                f = add_tensor(_float_tensor(schema, tensors[t], tensors[t].name))
-                tensors[t].name += b"/quantized"
+                f = _append(tensors, _float_tensor(schema, tensors[t], tensors[t].name))
+                tensors[t].name = (tensors[t].name or b"") + b"/quantized"
                 back.append(_op(schema, dq, [t], [f]))
                 sg.outputs[pos] = remap[t] = f
                 edits["float_outputs"] += 1
@@ -623,17 +643,23 @@ class LiteRTBackend:
 
     def export(self, request: ExportRequest) -> ExportResult:
         _check_request(request)
-        versions = tool_versions()
-        notes: list[str] = []
-        quant: dict[str, Any] | None = None
         model = request.model.eval()
         if request.precision == "int8":
             calibration = check_calibration(request.calibration, request.input_shape)
             keep = check_keep_float(model, request.keep_float)
+        versions = tool_versions()
+        notes: list[str] = []
+        quant: dict[str, Any] | None = None
+        if request.precision == "int8":
             content, quant = quantize_int8(model, calibration, keep)
-            pads = quant["graph_edits"]["zero_fill_pads"]
-            notes.append("int8: float32 I/O (QUANTIZE/DEQUANTIZE inside the graph); hardswish runs in float32 "
-                         "between DEQUANTIZE/QUANTIZE because XNNPACK does not delegate int8 HARD_SWISH")
+            edits = quant["graph_edits"]
+            pads = edits["zero_fill_pads"]
+            notes.append("int8: float32 I/O, QUANTIZE/DEQUANTIZE inside the graph")
+            islands = {op: edits[f"{op.lower()}_to_float"] for op in FLOAT_ISLAND_OPS
+                       if edits.get(f"{op.lower()}_to_float")}
+            if islands:
+                notes.append(f"int8: {islands} activation(s) run in float32 between DEQUANTIZE/QUANTIZE (same "
+                             "scales): XNNPACK does not delegate them in int8 and each would split the graph")
         else:
             content, pads = export_fp32(model, request.input_shape)
             if request.precision == "fp16":

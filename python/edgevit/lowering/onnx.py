@@ -70,7 +70,7 @@ def export_fp32(model: Any, input_shape: tuple[int, int, int, int]) -> Any:
     """``model`` (eval mode) → checked ``onnx.ModelProto`` with static input ``image`` of ``input_shape``."""
     import torch
 
-    onnx = require("onnx", _EXTRA, "ONNX export")
+    require("onnx", _EXTRA, "ONNX export")
     require("onnxscript", _EXTRA, "ONNX export")
     example = torch.zeros(input_shape, dtype=torch.float32)
     try:
@@ -132,13 +132,19 @@ def nodes_from_modules(proto: Any, modules: Iterable[str]) -> dict[str, list[str
     return found
 
 
-def _keep_float_nodes(model: Any, proto: Any, keep_float: Sequence[str]) -> dict[str, list[str]]:
+def check_module_names(model: Any, names: Sequence[str]) -> None:
+    """Every name must be a qualified submodule name of ``model`` (close matches are suggested)."""
     known = [name for name, _ in model.named_modules() if name]
-    for name in keep_float:
+    for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "use model.named_modules() names"
             raise EdgevitError(f"keep_float: {name!r} is not a module of {type(model).__name__}; {hint}")
+
+
+def keep_float_nodes(model: Any, proto: Any, keep_float: Sequence[str]) -> dict[str, list[str]]:
+    """:func:`nodes_from_modules` for ``keep_float`` names, each checked against ``model.named_modules()``."""
+    check_module_names(model, keep_float)
     if not any(node_scopes(n) for n in proto.graph.node):
         raise EdgevitError(f"keep_float: the exported graph records no module scopes ({SCOPES_KEY}); "
                            "this torch.onnx exporter cannot map module names to ONNX nodes")
@@ -154,7 +160,7 @@ def _keep_float_nodes(model: Any, proto: Any, keep_float: Sequence[str]) -> dict
 def check_calibration(calibration: Sequence[np.ndarray] | None, input_shape: Sequence[int]) -> list[np.ndarray]:
     if not calibration:
         raise EdgevitError("int8 ONNX export needs calibration images (ExportRequest.calibration): real "
-                           "pre-processed images, float32 of the input shape; pass --calibration DIR")
+                           "pre-processed images, float32 of the input shape, never random tensors")
     shape = tuple(input_shape)
     for i, x in enumerate(calibration):
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != shape:
@@ -300,6 +306,7 @@ class OnnxBackend:
         versions = tool_versions()
         if request.precision == "int8":
             calibration = check_calibration(request.calibration, shape)
+            check_module_names(request.model, request.keep_float)
         proto = export_fp32(request.model, shape)
         notes = [f"torch.onnx dynamo exporter, opset {OPSET}, static input {INPUT_NAME} {list(shape)}, "
                  "batch norms folded into convolutions"]
@@ -311,7 +318,7 @@ class OnnxBackend:
                 f.write(proto.SerializeToString())
             return ExportResult(versions, graph_summary(proto), notes)
 
-        kept = _keep_float_nodes(request.model, proto, request.keep_float)
+        kept = keep_float_nodes(request.model, proto, request.keep_float)
         excluded = sorted({n for nodes in kept.values() for n in nodes})
         with tempfile.TemporaryDirectory(prefix="edgevit-onnx-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
@@ -326,7 +333,7 @@ class OnnxBackend:
             "biases": "float32 (not quantized)",
             "calibration_method": "MinMax",
             "calibration_count": len(calibration),
-            "kept_float": {name: nodes for name, nodes in kept.items()},
+            "kept_float_nodes": {name: nodes for name, nodes in kept.items()},  # module -> ONNX node names
             "excluded_nodes": len(excluded),
             "int8_conv": summary["int8_conv"],
             "int8_matmul": summary["int8_matmul"],

@@ -1,9 +1,9 @@
 """Per-layer int8 sensitivity by emulation, to rank which layers must stay float.
 
 One layer ("unit") at a time is simulated in int8 inside the eager float model — weights per-output-channel
-symmetric int8, and the input of every conv/linear in it per-tensor affine int8 with ranges observed on
-real calibration images (the XNNPACK / LiteRT / QDQ int8 scheme) — and the model output is compared with
-float (SQNR, dB). Emulation ranks layers quickly and backend-independently; the verdict on an artifact is
+symmetric int8, and the input of every conv/linear in it (and the q/k/v tensor of LiteMLA attention, whose
+matmuls int8 backends quantize too) per-tensor affine int8 with ranges observed on real calibration images
+(the XNNPACK / LiteRT / QDQ int8 scheme) — and the model output is compared with float (SQNR, dB). Emulation ranks layers quickly and backend-independently; the verdict on an artifact is
 always the fidelity measured on the artifact itself (:mod:`edgevit.fidelity`).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,47 +64,58 @@ def fake_quant_activation(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor
     return (torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero) * scale
 
 
-@contextmanager
-def _hooks(modules: Sequence[nn.Module], hook):
-    handles = [m.register_forward_pre_hook(hook) for m in modules]
+def _observe_ranges(model: nn.Module, calibration: Sequence[np.ndarray]) -> dict[int, tuple[float, float]]:
+    """Input range of every weighted module and of every LiteMLA attention (its q/k/v tensor), by module id."""
+    ranges: dict[int, tuple[float, float]] = {}
+
+    def observe(key: int, x: torch.Tensor) -> None:
+        lo, hi = float(x.min()), float(x.max())
+        old = ranges.get(key, (lo, hi))
+        ranges[key] = (min(old[0], lo), max(old[1], hi))
+
+    handles = [m.register_forward_pre_hook(lambda m, a: observe(id(m), a[0]))
+               for m in model.modules() if isinstance(m, _WEIGHTED)]
+    attentions = [m for m in model.modules() if isinstance(m, layers.LiteMLA)]
+    for m in attentions:
+        m.attend = lambda qkv, m=m, f=m.attend: (observe(id(m), qkv), f(qkv))[1]
     try:
-        yield
+        with torch.no_grad():
+            for x in calibration:
+                model(torch.from_numpy(x))
     finally:
         for h in handles:
             h.remove()
-
-
-def _observe_ranges(model: nn.Module, calibration: Sequence[np.ndarray]) -> dict[int, tuple[float, float]]:
-    ranges: dict[int, tuple[float, float]] = {}
-
-    def observe(module: nn.Module, args: tuple) -> None:
-        lo, hi = float(args[0].min()), float(args[0].max())
-        old = ranges.get(id(module), (lo, hi))
-        ranges[id(module)] = (min(old[0], lo), max(old[1], hi))
-
-    weighted = [m for m in model.modules() if isinstance(m, _WEIGHTED)]
-    with _hooks(weighted, observe), torch.no_grad():
-        for x in calibration:
-            model(torch.from_numpy(x))
+        for m in attentions:
+            del m.attend  # back to the class method
     return ranges
 
 
-def _emulated_copy(model: nn.Module, unit: str, ranges: dict[int, tuple[float, float]]) -> tuple[nn.Module, list]:
-    """A copy of ``model`` with ``unit``'s weights fake-quantized, and the pre-hook targets for its inputs."""
+def _emulate_in_place(module: nn.Module, lo_hi: tuple[float, float]) -> None:
+    """Make ``module`` compute in emulated int8: int8 weights and int8 input (LiteMLA: int8 q/k/v)."""
+    lo, hi = lo_hi
+    if isinstance(module, layers.LiteMLA):
+        module.attend = lambda qkv, f=module.attend: f(fake_quant_activation(qkv, lo, hi))
+        return
+    with torch.no_grad():
+        if isinstance(module, MatmulBicubicUpsample):
+            module.mh.copy_(fake_quant_weight(module.mh))
+            module.mw.copy_(fake_quant_weight(module.mw))
+        else:
+            module.weight.copy_(fake_quant_weight(module.weight))
+    module.register_forward_pre_hook(lambda m, a: (fake_quant_activation(a[0], lo, hi), *a[1:]))
+
+
+def _emulated_copy(model: nn.Module, ranges: dict[int, tuple[float, float]], only: str | None = None,
+                   skip: Sequence[str] = ()) -> nn.Module:
+    """A copy of ``model`` in emulated int8: everything, or only the unit ``only``, minus the ``skip`` units."""
     twin = copy.deepcopy(model)
     originals = dict(model.named_modules())
-    targets = []
-    for name, module in twin.get_submodule(unit).named_modules(prefix=unit):
-        if not isinstance(module, _WEIGHTED):
+    for name, module in twin.named_modules():
+        inside = lambda units: any(name == u or name.startswith(u + ".") for u in units)  # noqa: E731
+        if not isinstance(module, (*_WEIGHTED, layers.LiteMLA)) or inside(skip) or (only and not inside([only])):
             continue
-        with torch.no_grad():
-            if isinstance(module, MatmulBicubicUpsample):
-                module.mh.copy_(fake_quant_weight(module.mh))
-                module.mw.copy_(fake_quant_weight(module.mw))
-            else:
-                module.weight.copy_(fake_quant_weight(module.weight))
-        targets.append((module, ranges[id(originals[name])]))
-    return twin, targets
+        _emulate_in_place(module, ranges[id(originals[name])])
+    return twin
 
 
 def layer_sensitivity(model: nn.Module, calibration: Sequence[np.ndarray], evaluation: Sequence[np.ndarray],
@@ -121,14 +131,8 @@ def layer_sensitivity(model: nn.Module, calibration: Sequence[np.ndarray], evalu
     kinds = dict(model.named_modules())
     report = []
     for unit in tqdm(units, desc="sensitivity", unit="layer", disable=not progress):
-        twin, targets = _emulated_copy(model, unit, ranges)
-        by_id = {id(m): r for m, r in targets}
-
-        def quantize_input(module: nn.Module, args: tuple) -> tuple:
-            lo, hi = by_id[id(module)]
-            return (fake_quant_activation(args[0], lo, hi), *args[1:])
-
-        with _hooks([m for m, _ in targets], quantize_input), torch.no_grad():
+        twin = _emulated_copy(model, ranges, only=unit)
+        with torch.no_grad():
             got = [twin(torch.from_numpy(x)).numpy() for x in evaluation]
         db = float(np.mean([sqnr_db(r, g) for r, g in zip(reference, got)]))
         report.append(LayerSensitivity(unit, type(kinds[unit]).__name__, db))
@@ -137,22 +141,7 @@ def layer_sensitivity(model: nn.Module, calibration: Sequence[np.ndarray], evalu
 
 def emulate_int8(model: nn.Module, calibration: Sequence[np.ndarray], skip: Sequence[str] = ()) -> nn.Module:
     """The whole model in emulated int8 except the ``skip`` units (for estimates, not for export)."""
-    ranges = _observe_ranges(model, calibration)
-    twin = copy.deepcopy(model)
-    originals = dict(model.named_modules())
-    for name, module in twin.named_modules():
-        if not isinstance(module, _WEIGHTED) or any(name == s or name.startswith(s + ".") for s in skip):
-            continue
-        lo, hi = ranges[id(originals[name])]
-        with torch.no_grad():
-            if isinstance(module, MatmulBicubicUpsample):
-                module.mh.copy_(fake_quant_weight(module.mh))
-                module.mw.copy_(fake_quant_weight(module.mw))
-            else:
-                module.weight.copy_(fake_quant_weight(module.weight))
-        module.register_forward_pre_hook(
-            lambda m, a, lo=lo, hi=hi: (fake_quant_activation(a[0], lo, hi), *a[1:]))
-    return twin
+    return _emulated_copy(model, _observe_ranges(model, calibration), skip=skip)
 
 
 __all__ = ["LayerSensitivity", "emulate_int8", "fake_quant_activation", "fake_quant_weight", "layer_sensitivity",

@@ -25,6 +25,7 @@ import hashlib
 import io as _bytes_io
 import math
 import os
+import platform
 import shlex
 import sys
 import time
@@ -52,7 +53,7 @@ CHECKPOINT_VERSION = 1
 COLOR_JITTER = 0.2  # brightness, contrast and saturation factors drawn from U(1 - j, 1 + j)
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights, for contrast and saturation
-_CACHE_LIMIT = 512  # training sets up to this many images are kept decoded in memory
+_CACHE_LIMIT = 100  # training sets up to this many images are kept decoded in memory (pure speed-up)
 
 
 # --- configuration --------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class FinetuneConfig:
     checkpoint_every: int
     log_every: int
     save_dtype: str
+    threads: int
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -140,6 +142,7 @@ def _validated_config(**kw: Any) -> FinetuneConfig:
         seed=_check_int("seed", kw["seed"], 0), holdout=_check_int("holdout", kw["holdout"], 0), scale=(lo, hi),
         limit=limit, checkpoint_every=_check_int("checkpoint_every", kw["checkpoint_every"], 1),
         log_every=_check_int("log_every", kw["log_every"], 1), save_dtype=kw["save_dtype"],
+        threads=_check_int("threads", kw["threads"], 1),
     )
 
 
@@ -317,14 +320,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, steps: int, warmup: int) ->
 
 
 @contextmanager
-def _deterministic() -> Iterator[None]:
-    """Request deterministic torch algorithms for the duration; restores the caller's setting and RNG."""
+def _deterministic(threads: int) -> Iterator[None]:
+    """Request deterministic torch algorithms and ``threads`` intra-op threads for the duration; restores the
+    caller's settings and torch RNG afterwards."""
     enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    old_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(threads)
     try:
         with torch.random.fork_rng(devices=[]):
             yield
     finally:
+        torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
@@ -355,11 +362,17 @@ def weights_for_saving(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.
             for k, v in model.state_dict().items()}
 
 
-def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """Write ``tensors`` as safetensors, atomically; returns the bytes written."""
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
+    """Write ``tensors`` as safetensors, atomically; returns the bytes written.
+
+    ``metadata`` is stored as one JSON string (sorted keys) under the key ``"edgevit"``: safetensors
+    writes several metadata keys in a random order, which would make identical weights differ in bytes.
+    """
+    import json
+
     from safetensors.torch import save
 
-    blob = save(tensors, metadata=metadata)
+    blob = save(tensors, metadata={"edgevit": json.dumps(metadata, sort_keys=True)})
     with io.atomic_write(path, "wb") as f:
         f.write(blob)
     return blob
@@ -373,7 +386,7 @@ def finetune(
     out: str | os.PathLike[str],
     labelset: str | None = None,
     weights: str | os.PathLike[str] | None = None,
-    steps: int = 300,
+    steps: int = 600,
     batch_size: int = 8,
     crop: int = 256,
     lr: float = 2e-3,
@@ -389,6 +402,7 @@ def finetune(
     checkpoint_every: int = 50,
     log_every: int = 10,
     save_dtype: str = "float32",
+    threads: int = 1,
 ) -> dict[str, Any]:
     """Fine-tune ``model_id`` on the dataset at ``data`` (``layout``) and write the result to ``out``.
 
@@ -401,18 +415,21 @@ def finetune(
     ``checkpoint_every``: write ``out/last.pt`` every N steps (and at the end). ``log_every``: the loss
     curve holds the mean loss of every N steps. ``save_dtype``: ``"float32"`` or ``"float16"`` storage of
     ``model.safetensors`` (half the size; train.json then also reports the float32 model's metrics).
+    ``threads``: torch intra-op CPU threads during the run. It is part of the run's identity because float
+    reductions may be split differently with another count; 1 (the default) is also the fastest choice on
+    a shared machine, where multi-threaded kernels spend their time waiting for descheduled threads.
     ``resume``: continue the run in ``out/last.pt`` (its arguments must be the same); without it ``out``
     must not hold a run already.
 
     Returns the content of ``out/train.json``. Everything is validated before anything is written;
     failures raise a one-line :class:`~edgevit.errors.EdgevitError`.
     """
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     cfg = _validated_config(
         model_id=model_id, data=data, layout=layout, out=out, labelset=labelset, weights=weights, steps=steps,
         batch_size=batch_size, crop=crop, lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed,
         holdout=holdout, scale=scale, limit=limit, checkpoint_every=checkpoint_every, log_every=log_every,
-        save_dtype=save_dtype,
+        save_dtype=save_dtype, threads=threads,
     )
     entry = get_model_entry(cfg.model_id)
     multiple = entry.contract.size_multiple
@@ -434,7 +451,7 @@ def finetune(
         raise EdgevitError(f"{last}: was written with other arguments ({'; '.join(diff)}); use the same "
                            "arguments to resume, or another out folder for a new run")
 
-    with _deterministic():
+    with _deterministic(cfg.threads):
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model_id, weights=cfg.weights, labelset=cfg.labelset)
         contract: SegContract = model.contract
@@ -442,14 +459,14 @@ def finetune(
         train_idx, held_idx = split_holdout(len(dataset), cfg.holdout)
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
-        step, curve, window, elapsed, resumed_at = 0, [], [], 0.0, []
+        step, curve, window, elapsed, cpu, resumed_at = 0, [], [], 0.0, 0.0, []
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             step, curve, window = int(state["step"]), list(state["loss_curve"]), list(state["window"])
-            elapsed, resumed_at = float(state["elapsed_s"]), [*state["resumed_at"], step]
+            elapsed, cpu, resumed_at = float(state["elapsed_s"]), float(state["cpu_s"]), [*state["resumed_at"], step]
         out_dir.mkdir(parents=True, exist_ok=True)
 
         def checkpoint() -> None:
@@ -457,7 +474,8 @@ def finetune(
                 "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "loss_curve": curve,
-                "window": window, "elapsed_s": elapsed + time.perf_counter() - started, "resumed_at": resumed_at,
+                "window": window, "elapsed_s": elapsed + time.perf_counter() - started,
+                "cpu_s": cpu + time.process_time() - cpu_started, "resumed_at": resumed_at,
             })
 
         samples = _SampleCache(dataset, keep=len(train_idx) <= _CACHE_LIMIT)
@@ -492,8 +510,8 @@ def finetune(
         dtype = SAVE_DTYPES[cfg.save_dtype]
         weights_path = out_dir / "model.safetensors"
         blob = save_weights(weights_path, weights_for_saving(model, dtype), {
-            "format": "pt", "model": cfg.model_id, "labelset": contract.labelset_name, "dtype": cfg.save_dtype,
-            "steps": str(cfg.steps), "seed": str(cfg.seed), "producer": "edgevit.train.finetune",
+            "producer": "edgevit.train.finetune", "model": cfg.model_id, "labelset": contract.labelset_name,
+            "dtype": cfg.save_dtype, "steps": cfg.steps, "seed": cfg.seed,
         })
         saved = create_model(cfg.model_id, weights=weights_path, labelset=cfg.labelset)
         parts = {"train": train_idx, "holdout": held_idx}
@@ -502,13 +520,14 @@ def finetune(
         if dtype != torch.float32:
             metrics_fp32 = {k: _evaluate(model, dataset, idx, k, progress) for k, idx in parts.items()}
 
-    wall = elapsed + time.perf_counter() - started
+    wall, cpu = elapsed + time.perf_counter() - started, cpu + time.process_time() - cpu_started
     report = {
         "format": "edgevit.finetune report", "version": 1,
         "model": cfg.model_id, "labelset": contract.labelset_name,
         "args": cfg.to_dict(), "command": cfg.command(),
         "seed": cfg.seed, "steps": cfg.steps, "resumed_at_steps": resumed_at,
-        "wall_seconds": round(wall, 2), "train_seconds_this_session": round(train_seconds, 2),
+        "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+        "train_seconds_this_session": round(train_seconds, 2),
         "final_loss": curve[-1]["loss"], "loss_curve_every": cfg.log_every, "loss_curve": curve,
         "recipe": {
             "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8), no weight decay on norms/biases",
@@ -524,8 +543,8 @@ def finetune(
         "eval_float32_in_memory": metrics_fp32,
         "weights_file": {"path": str(weights_path), "dtype": cfg.save_dtype, "bytes": len(blob),
                          "sha256": hashlib.sha256(blob).hexdigest()},
-        "environment": {"torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
-                        "python": sys.version.split()[0]},
+        "environment": {"torch": torch.__version__, "numpy": np.__version__, "threads": cfg.threads,
+                        "python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count()},
     }
     io.write_json(out_dir / "train.json", report)
     return report
@@ -550,7 +569,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: last.pt, model.safetensors, train.json")
     p.add_argument("--labelset", help="train for another label set, e.g. voc")
     p.add_argument("--weights", help="initial weights (.pt / .safetensors); random init from --seed if omitted")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="square training crop (multiple of 32)")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -565,6 +584,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-dtype", choices=tuple(SAVE_DTYPES), default="float32")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (part of what makes a run reproducible)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

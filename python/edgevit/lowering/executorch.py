@@ -1,0 +1,288 @@
+"""ExecuTorch (``.pte``) backend: XNNPACK-delegated fp32 and int8 programs.
+
+Export: ``torch.export`` → (int8: PT2E with the XNNPACK quantizer, calibrated on real images) →
+``to_edge_transform_and_lower`` with the XNNPACK partitioner → ``.pte``. The model should already be
+rewritten by :func:`edgevit.lowering.rewrite.export_friendly`; then the whole graph is one XNNPACK delegate.
+
+int8 scheme: weights int8 symmetric per output channel, activations int8 affine per tensor (histogram
+observer) on conv / linear / add / cat outputs; ops the quantizer does not annotate (the LiteMLA attention
+products and its normaliser) run in float32 inside the same delegate, between dequantize/quantize.
+Modules named in ``keep_float`` are not annotated at all, so their weights and arithmetic stay float32.
+
+Runtime: ``executorch.runtime``; its XNNPACK thread pool is process-wide and is resized with the
+(experimental) ``_unsafe_reset_threadpool`` binding when ``threads`` is given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gc
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import errors
+from ..errors import EdgevitError
+from ..runtime.base import CheckedRunner
+from .base import ExportRequest, ExportResult
+
+if TYPE_CHECKING:
+    from ..manifest import Manifest
+
+EXTRA = "executorch"
+INT8_SCHEME = ("XNNPACKQuantizer (PT2E): weights int8 symmetric per-output-channel; activations int8 affine "
+               "per-tensor (HistogramObserver); ops it does not annotate stay float32")
+# Nodes that mark a delegate's outputs rather than computing anything.
+_STRUCTURAL = {"getitem"}
+
+
+def _require(module: str, purpose: str):
+    # Looked up through the module so that tests can simulate a missing toolchain.
+    return errors.require(module, EXTRA, purpose)
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"torch": torch.__version__}
+    for name, module in (("executorch", "executorch.version"), ("torchao", "torchao")):
+        versions[name] = str(getattr(_require(module, "ExecuTorch export"), "__version__", "unknown"))
+    return versions
+
+
+def _check_inputs(request: ExportRequest) -> list[torch.Tensor]:
+    """The calibration images as tensors; int8 without real images is refused."""
+    if request.precision != "int8":
+        return []
+    if not request.calibration:
+        raise EdgevitError("pte/int8: quantization needs calibration images (real pre-processed photos); "
+                           "pass --calib DIR")
+    shape = tuple(request.input_shape)
+    tensors = []
+    for i, arr in enumerate(request.calibration):
+        arr = np.asarray(arr)
+        if arr.shape != shape or arr.dtype != np.float32:
+            raise EdgevitError(f"pte/int8: calibration image {i} is {arr.dtype} {arr.shape}, expected float32 "
+                               f"{shape} (pre-processed like the model input)")
+        tensors.append(torch.from_numpy(np.ascontiguousarray(arr)))
+    return tensors
+
+
+def _check_keep_float(model: nn.Module, names: Sequence[str]) -> None:
+    known = {n for n, _ in model.named_modules() if n}
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see model.named_modules()"
+            raise EdgevitError(f"keep-float: {name!r} is not a module of the model; {hint}")
+
+
+def _module_paths(node: torch.fx.Node) -> list[str]:
+    """Qualified module names a graph node was traced under (outermost first)."""
+    paths = []
+    for path, _ in node.meta.get("nn_module_stack", {}).values():
+        if path.startswith("L['self']."):
+            path = path[len("L['self'].") :]
+        paths.append(path)
+    return paths
+
+
+def _inside(node: torch.fx.Node, names: Sequence[str]) -> str | None:
+    """The first of ``names`` that ``node`` belongs to (the module itself or a descendant), else None."""
+    for path in _module_paths(node):
+        for name in names:
+            if path == name or path.startswith(name + "."):
+                return name
+    return None
+
+
+def _keep_float_filter(names: Sequence[str]) -> Callable[[torch.fx.Node], bool]:
+    """Quantizer filter: annotate a node only if it is outside every kept-float module."""
+    return lambda node: _inside(node, names) is None
+
+
+_WEIGHTED_OPS = ("aten.conv2d", "aten.linear", "aten.conv1d", "aten.convolution")
+
+
+def _quantization_report(gm: torch.fx.GraphModule, keep_float: Sequence[str]) -> dict[str, Any]:
+    """Count conv/linear ops with int8 (dequantized) weights vs float weights in the converted graph."""
+    quantized, float_ops = 0, []
+    kept = Counter()
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith(_WEIGHTED_OPS):
+            continue
+        weight = node.args[1] if len(node.args) > 1 else None
+        is_q = isinstance(weight, torch.fx.Node) and "dequantize" in str(weight.target)
+        if is_q:
+            quantized += 1
+        else:
+            paths = _module_paths(node)
+            float_ops.append(paths[-1] if paths else node.name)
+            owner = _inside(node, keep_float)
+            if owner is not None:
+                kept[owner] += 1
+    return {
+        "scheme": INT8_SCHEME,
+        "weighted_ops_int8": quantized,
+        "weighted_ops_float": len(float_ops),
+        "float_weighted_ops": float_ops,
+        "kept_float": {name: kept.get(name, 0) for name in keep_float},
+    }
+
+
+def _delegation_report(edge) -> dict[str, Any]:
+    backend_debug = _require("executorch.devtools.backend_debug", "ExecuTorch delegation report")
+    info = backend_debug.get_delegation_info(edge.exported_program().graph_module)
+    outside: dict[str, int] = {}
+    df = info.get_operator_delegation_dataframe()
+    for _, row in df.iterrows():
+        op, n = str(row["op_type"]), int(row["occurrences_in_non_delegated_graphs"])
+        if op != "Total" and n and op not in _STRUCTURAL:
+            outside[op] = n
+    return {
+        "backend": "XnnpackBackend",
+        "delegated_nodes": int(info.num_delegated_nodes),
+        "non_delegated_nodes": int(info.num_non_delegated_nodes),
+        "non_delegated_compute_nodes": int(sum(outside.values())),
+        "partitions": int(info.num_delegated_subgraphs),
+        "non_delegated_ops": outside,
+        "note": "non_delegated_nodes counts the getitem nodes that read delegate outputs; "
+                "non_delegated_compute_nodes excludes them",
+    }
+
+
+def _quantize(model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor],
+              keep_float: Sequence[str]) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    xq = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 export")
+    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 export")
+    quantizer = xq.XNNPACKQuantizer().set_global(xq.get_symmetric_quantization_config(is_per_channel=True))
+    if keep_float:
+        # XNNPACKQuantizer.set_module_name(name, None) is refused ("None is not supported yet"); a node
+        # filter that skips every node traced under a kept module has the intended effect.
+        quantizer.set_filter_function(_keep_float_filter(keep_float))
+    graph = torch.export.export(model, (example,)).module()
+    prepared = pt2e.prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for x in calibration:
+            prepared(x)
+    converted = pt2e.convert_pt2e(prepared)
+    report = _quantization_report(converted, keep_float)
+    report["calibration_images"] = len(calibration)
+    return converted, report
+
+
+class ExecuTorchBackend:
+    name = "pte"
+    extension = ".pte"
+    precisions = ("fp32", "int8")
+    extra = EXTRA
+
+    def export(self, request: ExportRequest) -> ExportResult:
+        if request.precision not in self.precisions:
+            raise EdgevitError(f"pte: precision {request.precision!r} is not supported; "
+                               f"choose one of {self.precisions}")
+        calibration = _check_inputs(request)
+        exir = _require("executorch.exir", "ExecuTorch export")
+        partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
+        versions = _tool_versions()
+        _check_keep_float(request.model, request.keep_float)
+        notes: list[str] = []
+
+        model = request.model.eval()
+        example = calibration[0] if calibration else torch.zeros(request.input_shape)
+        quant = None
+        if request.precision == "int8":
+            model, quant = _quantize(model, example, calibration, request.keep_float)
+        elif request.keep_float:
+            notes.append("keep_float ignored: fp32 export keeps every module in float")
+        program = torch.export.export(model, (example,))
+        edge = exir.to_edge_transform_and_lower(program, partitioner=[partitioner.XnnpackPartitioner()])
+        delegation = _delegation_report(edge)
+        if delegation["non_delegated_compute_nodes"]:
+            notes.append(f"ops outside the XNNPACK delegate run on portable kernels: {delegation['non_delegated_ops']}")
+        buffer = edge.to_executorch().buffer
+        out = Path(request.out_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(buffer)
+        return ExportResult(tool_versions=versions, delegation=delegation, notes=notes, quantization=quant)
+
+    def load(self, artifact: Path, manifest: Manifest, threads: int | None = None) -> ExecuTorchRunner:
+        return ExecuTorchRunner(artifact, manifest, threads)
+
+
+# Runners alive in this process. A loaded XNNPACK method keeps a pointer to the thread pool it was loaded
+# under; resizing the pool under it (``_unsafe_reset_threadpool``) makes its next run hang, so the pool is
+# only resized while no runner is alive.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def thread_count() -> int:
+    """Size of ExecuTorch's process-wide thread pool (used by XNNPACK); -1 if the runtime cannot say."""
+    portable = _require("executorch.extension.pybindings.portable_lib", "running .pte artifacts")
+    count = getattr(portable, "_threadpool_get_thread_count", None)
+    return int(count()) if count is not None else -1
+
+
+def set_threads(threads: int | None) -> int:
+    """Resize ExecuTorch's thread pool to ``threads`` (None: leave it) and return the size in use.
+
+    Refused while another ``.pte`` runner is alive with a different size (its program would hang).
+    """
+    current = thread_count()
+    if threads is None or int(threads) == current:
+        return current
+    if int(threads) < 1:
+        raise EdgevitError(f"threads must be >= 1, got {threads}")
+    if len(_LIVE):
+        gc.collect()  # runners dropped but not yet collected do not count
+    if len(_LIVE):
+        raise EdgevitError(f"cannot run .pte programs with {threads} threads while {len(_LIVE)} other .pte "
+                           f"runner(s) with {current} threads are loaded in this process; release them first "
+                           "(ExecuTorch has one process-wide thread pool)")
+    portable = _require("executorch.extension.pybindings.portable_lib", "running .pte artifacts")
+    reset = getattr(portable, "_unsafe_reset_threadpool", None)
+    if reset is None:
+        return current
+    reset(int(threads))
+    return thread_count()
+
+
+class ExecuTorchRunner(CheckedRunner):
+    """Runs a ``.pte`` through ``executorch.runtime``.
+
+    ``threads`` (argument): thread pool size to use, None to keep the process's current one (ExecuTorch's
+    default is one thread per core). ``self.threads``: the size actually in use, read back from the runtime.
+    """
+
+    def __init__(self, artifact: Path, manifest: Manifest, threads: int | None = None):
+        runtime = _require("executorch.runtime", "running .pte artifacts")
+        start = time.perf_counter()
+        self.threads = set_threads(threads)
+        try:
+            program = runtime.Runtime.get().load_program(str(artifact))
+            self._method = program.load_method("forward")
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EdgevitError(f"{artifact}: ExecuTorch cannot load this program ({first}); re-export it") from None
+        self._program = program  # the method borrows from the program: keep it alive
+        super().__init__(manifest, Path(artifact), time.perf_counter() - start)
+        _LIVE.add(self)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        # The bindings copy tensors with torch ops; with torch's OpenMP pool at >1 thread those copies wake
+        # its workers, which then spin next to XNNPACK's threads (measured: int8 B0 512x1024 40 -> 27 ms on
+        # 2 cores). One torch thread for the duration of the call avoids that; restoring costs < 1 us.
+        torch_threads = torch.get_num_threads()
+        if torch_threads != 1:
+            torch.set_num_threads(1)
+        try:
+            outputs = self._method.execute([torch.from_numpy(x)])
+            return outputs[0].detach().numpy().astype(np.float32, copy=True)
+        finally:
+            if torch_threads != 1:
+                torch.set_num_threads(torch_threads)
