@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from torch import nn
 
+from ..errors import EdgevitError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -60,6 +62,23 @@ class Backend(Protocol):
     def export(self, request: ExportRequest) -> ExportResult: ...
 
     def load(self, artifact: Path, manifest: Manifest, threads: int | None = None) -> Runner: ...
+
+
+def check_calibration(calibration: Sequence[np.ndarray] | None, input_shape: Sequence[int],
+                      backend: str) -> list[np.ndarray]:
+    """The calibration images of an int8 request, validated: real pre-processed images, float32 of the
+    artifact's input shape, finite. ``backend`` names the caller in the error message."""
+    if not calibration:
+        raise EdgevitError(f"int8 {backend} export needs calibration images (ExportRequest.calibration): real "
+                           "pre-processed images, float32 of the input shape, never random tensors; pass --calib DIR")
+    shape = tuple(input_shape)
+    for i, x in enumerate(calibration):
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != shape:
+            got = f"{type(x).__name__} {getattr(x, 'dtype', '?')} {tuple(getattr(x, 'shape', ()))}"
+            raise EdgevitError(f"calibration[{i}]: expected a float32 {shape} pre-processed image, got {got}")
+        if not np.all(np.isfinite(x)):
+            raise EdgevitError(f"calibration[{i}]: contains NaN or infinity")
+    return list(calibration)
 
 
 # name -> "module:Class", imported on first use so a missing toolchain only matters when it is used.

@@ -65,7 +65,7 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult
+from .base import ExportRequest, ExportResult, check_calibration
 
 if TYPE_CHECKING:
     from torch import nn
@@ -108,20 +108,6 @@ def tool_versions() -> dict[str, str]:
 
 
 # --- request checks ----------------------------------------------------------------------------
-def check_calibration(calibration: Sequence[np.ndarray] | None, input_shape: Sequence[int]) -> list[np.ndarray]:
-    if not calibration:
-        raise EdgevitError("int8 LiteRT export needs calibration images (ExportRequest.calibration): real "
-                           "pre-processed images, float32 of the input shape; pass --calib DIR")
-    shape = tuple(input_shape)
-    for i, x in enumerate(calibration):
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != shape:
-            got = f"{type(x).__name__} {getattr(x, 'dtype', '?')} {tuple(getattr(x, 'shape', ()))}"
-            raise EdgevitError(f"calibration[{i}]: expected a float32 {shape} pre-processed image, got {got}")
-        if not np.all(np.isfinite(x)):
-            raise EdgevitError(f"calibration[{i}]: contains NaN or infinity")
-    return list(calibration)
-
-
 def check_keep_float(model: nn.Module, keep_float: Sequence[str]) -> list[str]:
     known = [name for name, _ in model.named_modules() if name]
     for name in keep_float:
@@ -645,7 +631,7 @@ class LiteRTBackend:
         _check_request(request)
         model = request.model.eval()
         if request.precision == "int8":
-            calibration = check_calibration(request.calibration, request.input_shape)
+            calibration = check_calibration(request.calibration, request.input_shape, "LiteRT")
             keep = check_keep_float(model, request.keep_float)
         versions = tool_versions()
         notes: list[str] = []

@@ -39,7 +39,7 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult
+from .base import ExportRequest, ExportResult, check_calibration
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -157,20 +157,6 @@ def keep_float_nodes(model: Any, proto: Any, keep_float: Sequence[str]) -> dict[
 
 
 # --- int8 QDQ ----------------------------------------------------------------------------------
-def check_calibration(calibration: Sequence[np.ndarray] | None, input_shape: Sequence[int]) -> list[np.ndarray]:
-    if not calibration:
-        raise EdgevitError("int8 ONNX export needs calibration images (ExportRequest.calibration): real "
-                           "pre-processed images, float32 of the input shape, never random tensors")
-    shape = tuple(input_shape)
-    for i, x in enumerate(calibration):
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != shape:
-            got = f"{type(x).__name__} {getattr(x, 'dtype', '?')} {tuple(getattr(x, 'shape', ()))}"
-            raise EdgevitError(f"calibration[{i}]: expected a float32 {shape} pre-processed image, got {got}")
-        if not np.all(np.isfinite(x)):
-            raise EdgevitError(f"calibration[{i}]: contains NaN or infinity")
-    return list(calibration)
-
-
 class _QuietPreprocessHint(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:  # the quantizer's "consider pre-processing" advice
         return "pre-processing" not in record.getMessage()
@@ -193,7 +179,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     quant = require("onnxruntime.quantization", _EXTRA, "int8 ONNX quantization")
     proto = onnx.load(str(fp32_path))
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    data = check_calibration(calibration, dims)
+    data = check_calibration(calibration, dims, "ONNX")
     name = proto.graph.input[0].name
 
     class Reader(quant.CalibrationDataReader):
@@ -305,7 +291,7 @@ class OnnxBackend:
         shape = tuple(int(d) for d in request.input_shape)
         versions = tool_versions()
         if request.precision == "int8":
-            calibration = check_calibration(request.calibration, shape)
+            calibration = check_calibration(request.calibration, shape, "ONNX")
             check_module_names(request.model, request.keep_float)
         proto = export_fp32(request.model, shape)
         notes = [f"torch.onnx dynamo exporter, opset {OPSET}, static input {INPUT_NAME} {list(shape)}, "
