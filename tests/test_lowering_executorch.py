@@ -1,7 +1,7 @@
 """ExecuTorch backend (XNNPACK .pte) and the export-friendly rewrites it relies on.
 
-Small inputs only: seg-b0-cityscapes at 64×128 (B-series, both LiteMLA orders) and seg-l1-ade20k at 64×64
-(L-series block). int8 is calibrated on real photos from the shared evaluation pack.
+Small inputs only: seg-b0-cityscapes at 64×128 (B-series, both LiteMLA orders) and an L-series block of seg-l1-ade20k
+on the features of 64×64 photos. int8 is calibrated on real photos from the shared evaluation pack.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from edgevit.io import read_image
 from edgevit.lowering.base import BACKENDS, ExportRequest, get_backend
 from edgevit.lowering.rewrite import BmmLiteMLA, export_friendly
 from edgevit.manifest import Manifest
-from edgevit.models.layers import LiteMLA, Style
+from edgevit.models.layers import Chain, LiteMLA, Style
 from edgevit.processing import FixedSize, image_to_input
 
 pytest.importorskip("executorch.exir")
@@ -90,10 +90,10 @@ def b0_int8(b0, tmp_path_factory):
 # --- rewrites ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hw", [(8, 8), (2, 4), (4, 4)])  # N > dim, N < dim, N == dim (dim 16)
-def test_bmm_litemla_equals_litemla(hw):
+@pytest.mark.parametrize("hw, scales", [((8, 8), (5,)), ((2, 4), (5,)), ((4, 4), (3, 5))])  # N >, <, == dim 16
+def test_bmm_litemla_equals_litemla(hw, scales):
     torch.manual_seed(1)
-    ref = LiteMLA(64, 16, (5,), Style("hswish", 1e-5)).eval()
+    ref = LiteMLA(64, 16, scales, Style("hswish", 1e-5)).eval()
     new = BmmLiteMLA.from_module(ref)
     x = torch.randn(2, 64, *hw)
     with torch.inference_mode():
@@ -141,16 +141,21 @@ def test_fp32_pte_matches_eager_and_delegates_fully(b0, b0_fp32):
     assert runner.threads >= 1 and runner.load_seconds > 0 and runner.last_seconds > 0
 
 
-def test_fp32_pte_l_series(photos, tmp_path):
+def test_fp32_pte_l_series_block(photos, tmp_path):
+    """The L-series attention stage's first two blocks (GELU MBConv downsample + EfficientViT block) of
+    seg-l1-ade20k, fed with its real stage-3 features of 64×64 photos (the whole model only adds time)."""
     torch.manual_seed(0)
     model = edgevit.create_model(L1)
-    xs = _inputs(photos[:2], 64, 64)
-    friendly, _ = export_friendly(model, torch.from_numpy(xs[0]))
-    out = tmp_path / "l1.pte"
-    result = get_backend("pte").export(ExportRequest(friendly, (1, 3, 64, 64), "fp32", out))
+    with torch.inference_mode():
+        feats = [model.backbone(torch.from_numpy(x))["stage3"].numpy() for x in _inputs(photos[:2], 64, 64)]
+    block = Chain(list(model.backbone.stages[4].op_list[:2])).eval()
+    friendly, subs = export_friendly(block, torch.from_numpy(feats[0]))
+    assert [type(friendly.get_submodule(s.name)) for s in subs] == [BmmLiteMLA]
+    out, shape = tmp_path / "l1.pte", feats[0].shape
+    result = get_backend("pte").export(ExportRequest(friendly, shape, "fp32", out))
     assert result.delegation["partitions"] == 1 and result.delegation["non_delegated_compute_nodes"] == 0
-    runner = get_backend("pte").load(out, _manifest((1, 3, 64, 64)))
-    assert _rel_err(runner(xs[1]), _eager(model, xs[1])) <= 1e-4
+    runner = get_backend("pte").load(out, _manifest(shape))
+    assert _rel_err(runner(feats[1]), _eager(block, feats[1])) <= 1e-4
 
 
 def test_runner_rejects_wrong_shape_and_dtype(b0, b0_fp32):
@@ -208,6 +213,18 @@ def test_int8_keep_float_leaves_those_modules_unquantized(b0, b0_int8):
     assert q["kept_float"] == expected  # every conv inside the kept modules stayed float ...
     assert q["weighted_ops_float"] == sum(expected.values())  # ... and nothing else did
     assert all(any(p == k or p.startswith(k + ".") for k in KEEP) for p in q["float_weighted_ops"])
+    assert q["kept_float_added"] == {}
+
+
+def test_float_litemla_aggregation_keeps_its_qkv_float(b0):
+    from edgevit.lowering.executorch import _widen_keep_float
+
+    mla = "backbone.stages.2.op_list.1.context_module.main"
+    for kept in (f"{mla}.aggreg", f"{mla}.aggreg.0.0", f"{mla}.aggreg.0"):
+        names, added = _widen_keep_float(b0[1], (kept,))
+        assert names == (kept, f"{mla}.qkv") and list(added) == [f"{mla}.qkv"]
+    for kept in (mla, f"{mla}.aggreg.0.1", f"{mla}.proj", f"{mla}.qkv"):
+        assert _widen_keep_float(b0[1], (kept,)) == ((kept,), {})
 
 
 def test_int8_requires_calibration(b0, tmp_path):

@@ -82,6 +82,30 @@ def _check_keep_float(model: nn.Module, names: Sequence[str]) -> None:
             raise EdgevitError(f"keep-float: {name!r} is not a module of the model; {hint}")
 
 
+def _covered(path: str, names: Sequence[str]) -> bool:
+    return any(path == n or path.startswith(n + ".") for n in names)
+
+
+def _widen_keep_float(model: nn.Module, names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``names`` plus the modules that must stay float with them for XNNPACK to lower the graph.
+
+    A float LiteMLA aggregation conv reading an int8 qkv output makes that quantized tensor feed both an
+    NHWC conv and the NCHW attention reshape; ExecuTorch 1.5's ChannelsLastTaggedReshapePass then asserts
+    ("Attempting to convert non-NHWC compatible node to NHWC"). Keeping the qkv conv float too avoids it.
+    """
+    from ..models.layers import LiteMLA
+
+    added: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LiteMLA) or _covered(f"{name}.qkv", names):
+            continue
+        kept = [f"{name}.aggreg.{i}.0" for i in range(len(module.aggreg)) if _covered(f"{name}.aggreg.{i}.0", names)]
+        if kept:
+            added[f"{name}.qkv"] = (f"kept float with {kept[0]}: an int8 qkv output feeding a float aggregation "
+                                    "conv does not lower to XNNPACK (ExecuTorch 1.5)")
+    return (*names, *added), added
+
+
 def _module_paths(node: torch.fx.Node) -> list[str]:
     """Qualified module names a graph node was traced under (outermost first)."""
     paths = []
@@ -96,7 +120,7 @@ def _inside(node: torch.fx.Node, names: Sequence[str]) -> str | None:
     """The first of ``names`` that ``node`` belongs to (the module itself or a descendant), else None."""
     for path in _module_paths(node):
         for name in names:
-            if path == name or path.startswith(name + "."):
+            if _covered(path, (name,)):
                 return name
     return None
 
@@ -156,16 +180,26 @@ def _delegation_report(edge) -> dict[str, Any]:
     }
 
 
+def _torch_export(model: nn.Module, example: torch.Tensor):
+    try:
+        return torch.export.export(model, (example,))
+    except Exception as exc:  # torch.export raises many types; the first line says what failed
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise EdgevitError(f"pte: torch.export failed for input {tuple(example.shape)} ({type(exc).__name__}: "
+                           f"{first}); export the model rewritten by export_friendly for this input size") from exc
+
+
 def _quantize(model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor],
               keep_float: Sequence[str]) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     xq = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 export")
     pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 export")
     quantizer = xq.XNNPACKQuantizer().set_global(xq.get_symmetric_quantization_config(is_per_channel=True))
+    keep_float, added = _widen_keep_float(model, keep_float)
     if keep_float:
         # XNNPACKQuantizer.set_module_name(name, None) is refused ("None is not supported yet"); a node
         # filter that skips every node traced under a kept module has the intended effect.
         quantizer.set_filter_function(_keep_float_filter(keep_float))
-    graph = torch.export.export(model, (example,)).module()
+    graph = _torch_export(model, example).module()
     prepared = pt2e.prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for x in calibration:
@@ -173,6 +207,8 @@ def _quantize(model: nn.Module, example: torch.Tensor, calibration: list[torch.T
     converted = pt2e.convert_pt2e(prepared)
     report = _quantization_report(converted, keep_float)
     report["calibration_images"] = len(calibration)
+    report["keep_float_method"] = "quantizer node filter on the traced module path (nn_module_stack)"
+    report["kept_float_added"] = added
     return converted, report
 
 
@@ -200,7 +236,7 @@ class ExecuTorchBackend:
             model, quant = _quantize(model, example, calibration, request.keep_float)
         elif request.keep_float:
             notes.append("keep_float ignored: fp32 export keeps every module in float")
-        program = torch.export.export(model, (example,))
+        program = _torch_export(model, example)
         edge = exir.to_edge_transform_and_lower(program, partitioner=[partitioner.XnnpackPartitioner()])
         delegation = _delegation_report(edge)
         if delegation["non_delegated_compute_nodes"]:

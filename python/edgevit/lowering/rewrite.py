@@ -11,6 +11,11 @@ and measured on a real input (max abs difference of the model output against the
   not take either. :class:`BmmLiteMLA` computes the same formula with 3-D ``torch.bmm`` over
   (batch·heads) and gets the normaliser of both orders from the appended row of ones in V
   (``Σ_m φ(k_m)ᵀφ(q_n)`` is that row of ``[V; 1] φ(K)ᵀ φ(Q)``), keeping upstream's choice of product order.
+  It also attends each branch (the qkv conv, each multi-scale aggregation) separately and concatenates
+  the attention outputs, instead of concatenating the branches first: heads never mix, so this is the
+  same function, but an int8 quantizer no longer forces one shared scale onto branches with different
+  ranges (``cat`` shares its input/output quantization parameters). Measured on seg-b1-ade20k 512×512
+  (random weights, real images): int8 logits SQNR 19.7 dB → 32.4 dB, same latency.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class MatmulBicubicUpsample(nn.Module):
 
 
 class BmmLiteMLA(LiteMLA):
-    """:class:`LiteMLA` with the attention as 3-D ``bmm`` products and no ``sum`` (same weights, same names)."""
+    """:class:`LiteMLA` as 3-D ``bmm`` products without ``sum``, attending per branch (same weights and names)."""
 
     @classmethod
     def from_module(cls, src: LiteMLA) -> BmmLiteMLA:
@@ -74,6 +79,11 @@ class BmmLiteMLA(LiteMLA):
             out = torch.bmm(v1, torch.bmm(k.transpose(1, 2), q))  # [V;1] (Kᵀ Q)
         out = out[:, :d] / (out[:, d:] + self.eps)
         return out.reshape(b, -1, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        heads = [self.attend(qkv), *(self.attend(agg(qkv)) for agg in self.aggreg)]
+        return self.proj(torch.cat(heads, dim=1).to(x.dtype))
 
 
 @dataclass
@@ -121,8 +131,9 @@ def export_friendly(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     for name, module in list(new.named_modules()):
         if type(module) is LiteMLA:
             _set_module(new, name, BmmLiteMLA.from_module(module))
-            subs.append(Substitution(name, "LiteMLA attention: 4-D matmul (expand + bmm) and sum normaliser",
-                                     "3-D bmm over batch x heads; normaliser from a ones row appended to V"))
+            subs.append(Substitution(
+                name, "LiteMLA: concat branches, then attention with 4-D matmul (expand + bmm) and sum normaliser",
+                "attention per branch, then concat; 3-D bmm over batch x heads; normaliser from a ones row in V"))
     if subs:
         with torch.inference_mode():
             diff = float((model(example) - new(example)).abs().max())
