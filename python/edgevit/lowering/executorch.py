@@ -10,7 +10,9 @@ products and its normaliser) run in float32 inside the same delegate, between de
 Modules named in ``keep_float`` are not annotated at all, so their weights and arithmetic stay float32.
 
 Runtime: ``executorch.runtime``; its XNNPACK thread pool is process-wide and is resized with the
-(experimental) ``_unsafe_reset_threadpool`` binding when ``threads`` is given.
+(experimental) ``_unsafe_reset_threadpool`` binding when ``threads`` is given, only while no other runner
+is loaded (a loaded program keeps using the pool it was loaded with). Each run holds torch's own intra-op
+pool at one thread so that its OpenMP workers do not spin next to XNNPACK's.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 from .. import errors
 from ..errors import EdgevitError
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult
+from .base import ExportRequest, ExportResult, check_calibration
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -55,22 +57,12 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def _check_inputs(request: ExportRequest) -> list[torch.Tensor]:
-    """The calibration images as tensors; int8 without real images is refused."""
+def _calibration_tensors(request: ExportRequest) -> list[torch.Tensor]:
+    """The calibration images as tensors; int8 without real images of the input shape is refused."""
     if request.precision != "int8":
         return []
-    if not request.calibration:
-        raise EdgevitError("pte/int8: quantization needs calibration images (real pre-processed photos); "
-                           "pass --calib DIR")
-    shape = tuple(request.input_shape)
-    tensors = []
-    for i, arr in enumerate(request.calibration):
-        arr = np.asarray(arr)
-        if arr.shape != shape or arr.dtype != np.float32:
-            raise EdgevitError(f"pte/int8: calibration image {i} is {arr.dtype} {arr.shape}, expected float32 "
-                               f"{shape} (pre-processed like the model input)")
-        tensors.append(torch.from_numpy(np.ascontiguousarray(arr)))
-    return tensors
+    images = check_calibration(request.calibration, request.input_shape, "pte")
+    return [torch.from_numpy(np.ascontiguousarray(x)) for x in images]
 
 
 def _check_keep_float(model: nn.Module, names: Sequence[str]) -> None:
@@ -150,8 +142,11 @@ def _quantization_report(gm: torch.fx.GraphModule, keep_float: Sequence[str]) ->
             owner = _inside(node, keep_float)
             if owner is not None:
                 kept[owner] += 1
+    float_compute = Counter(str(n.target).split(".")[1] for n in gm.graph.nodes
+                            if n.op == "call_function" and str(n.target) in ("aten.bmm.default", "aten.div.Tensor"))
     return {
         "scheme": INT8_SCHEME,
+        "float32_attention_ops": dict(float_compute),  # LiteMLA products and normaliser, not annotated
         "weighted_ops_int8": quantized,
         "weighted_ops_float": len(float_ops),
         "float_weighted_ops": float_ops,
@@ -222,7 +217,7 @@ class ExecuTorchBackend:
         if request.precision not in self.precisions:
             raise EdgevitError(f"pte: precision {request.precision!r} is not supported; "
                                f"choose one of {self.precisions}")
-        calibration = _check_inputs(request)
+        calibration = _calibration_tensors(request)
         exir = _require("executorch.exir", "ExecuTorch export")
         partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
         versions = _tool_versions()
