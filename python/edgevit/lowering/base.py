@@ -8,6 +8,7 @@ Backends import their toolchains lazily, inside methods, and raise
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,17 @@ def check_calibration(calibration: Sequence[np.ndarray] | None, input_shape: Seq
         if not np.all(np.isfinite(x)):
             raise EdgevitError(f"calibration[{i}]: contains NaN or infinity")
     return list(calibration)
+
+
+def check_keep_float(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """``names`` deduplicated, each a qualified submodule name of ``model`` (close matches are suggested)."""
+    known = [name for name, _ in model.named_modules() if name]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "use model.named_modules() names"
+            raise EdgevitError(f"keep_float: {name!r} is not a module of {type(model).__name__}; {hint}")
+    return list(dict.fromkeys(names))
 
 
 # name -> "module:Class", imported on first use so a missing toolchain only matters when it is used.

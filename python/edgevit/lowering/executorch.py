@@ -17,7 +17,6 @@ pool at one thread so that its OpenMP workers do not spin next to XNNPACK's.
 
 from __future__ import annotations
 
-import difflib
 import gc
 import time
 import weakref
@@ -33,7 +32,7 @@ from torch import nn
 from .. import errors
 from ..errors import EdgevitError
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, check_calibration
+from .base import ExportRequest, ExportResult, check_calibration, check_keep_float
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -63,15 +62,6 @@ def _calibration_tensors(request: ExportRequest) -> list[torch.Tensor]:
         return []
     images = check_calibration(request.calibration, request.input_shape, "pte")
     return [torch.from_numpy(np.ascontiguousarray(x)) for x in images]
-
-
-def _check_keep_float(model: nn.Module, names: Sequence[str]) -> None:
-    known = {n for n, _ in model.named_modules() if n}
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see model.named_modules()"
-            raise EdgevitError(f"keep-float: {name!r} is not a module of the model; {hint}")
 
 
 def _covered(path: str, names: Sequence[str]) -> bool:
@@ -221,7 +211,7 @@ class ExecuTorchBackend:
         exir = _require("executorch.exir", "ExecuTorch export")
         partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
         versions = _tool_versions()
-        _check_keep_float(request.model, request.keep_float)
+        check_keep_float(request.model, request.keep_float)
         notes: list[str] = []
 
         model = request.model.eval()

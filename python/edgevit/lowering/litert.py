@@ -50,7 +50,6 @@ bicubic upsampling is constant matrices, never RESIZE_BILINEAR / RESIZE_NEAREST_
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 from collections import Counter
@@ -65,7 +64,7 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, check_calibration
+from .base import ExportRequest, ExportResult, check_calibration, check_keep_float
 
 if TYPE_CHECKING:
     from torch import nn
@@ -108,16 +107,6 @@ def tool_versions() -> dict[str, str]:
 
 
 # --- request checks ----------------------------------------------------------------------------
-def check_keep_float(model: nn.Module, keep_float: Sequence[str]) -> list[str]:
-    known = [name for name, _ in model.named_modules() if name]
-    for name in keep_float:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "use model.named_modules() names"
-            raise EdgevitError(f"keep_float: {name!r} is not a module of {type(model).__name__}; {hint}")
-    return list(dict.fromkeys(keep_float))
-
-
 def _check_request(request: ExportRequest) -> None:
     if request.precision not in LiteRTBackend.precisions:
         raise EdgevitError(f"tflite: precision {request.precision!r} is not supported; choose one of "

@@ -24,7 +24,6 @@ neighbour still passes through that neighbour's QuantizeLinear/DequantizeLinear 
 from __future__ import annotations
 
 import ast
-import difflib
 import logging
 import tempfile
 import time
@@ -39,7 +38,7 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, check_calibration
+from .base import ExportRequest, ExportResult, check_calibration, check_keep_float
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -132,19 +131,9 @@ def nodes_from_modules(proto: Any, modules: Iterable[str]) -> dict[str, list[str
     return found
 
 
-def check_module_names(model: Any, names: Sequence[str]) -> None:
-    """Every name must be a qualified submodule name of ``model`` (close matches are suggested)."""
-    known = [name for name, _ in model.named_modules() if name]
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "use model.named_modules() names"
-            raise EdgevitError(f"keep_float: {name!r} is not a module of {type(model).__name__}; {hint}")
-
-
 def keep_float_nodes(model: Any, proto: Any, keep_float: Sequence[str]) -> dict[str, list[str]]:
     """:func:`nodes_from_modules` for ``keep_float`` names, each checked against ``model.named_modules()``."""
-    check_module_names(model, keep_float)
+    check_keep_float(model, keep_float)
     if not any(node_scopes(n) for n in proto.graph.node):
         raise EdgevitError(f"keep_float: the exported graph records no module scopes ({SCOPES_KEY}); "
                            "this torch.onnx exporter cannot map module names to ONNX nodes")
@@ -292,7 +281,7 @@ class OnnxBackend:
         versions = tool_versions()
         if request.precision == "int8":
             calibration = check_calibration(request.calibration, shape, "ONNX")
-            check_module_names(request.model, request.keep_float)
+            check_keep_float(request.model, request.keep_float)
         proto = export_fp32(request.model, shape)
         notes = [f"torch.onnx dynamo exporter, opset {OPSET}, static input {INPUT_NAME} {list(shape)}, "
                  "batch norms folded into convolutions"]
