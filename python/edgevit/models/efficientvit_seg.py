@@ -182,7 +182,8 @@ VOC = SegContract("voc", processing.ShortSide(512, 32), eval_size=(512, 512))
 
 
 def _seg(model_id: str, contract: SegContract):
-    return register_model(model_id, family="efficientvit-seg", contract=contract, key_map=UPSTREAM_KEYS)
+    return register_model(model_id, family="efficientvit-seg", contract=contract, key_map=UPSTREAM_KEYS,
+                          args=lambda c: (c.num_classes,))
 
 
 # B-series heads refine with MBConvs; Cityscapes heads add a ×4 expansion conv before the classifier.

@@ -2,36 +2,56 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from ..errors import EdgevitError
 from ..registry import Registry
 from .checkpoint import KeyMap, load_weights
 from .contract import SegContract
 
 
+# Family modules under edgevit.models whose ``@register_model`` calls fill the registry (imported once).
+FAMILIES = ("efficientvit_seg",)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered model id: how to build it, its I/O contract and how upstream keys map onto ours."""
+    """One registered model id: how to build it, its I/O contract and how upstream keys map onto ours.
+
+    ``contract`` is the family's contract object (e.g. :class:`SegContract`): it has a ``task`` string
+    and ``to_dict()`` for manifests.
+    """
 
     id: str
     family: str
-    build: Callable[[int], nn.Module]  # num_classes -> module with random init
-    contract: SegContract
+    build: Callable[[Any], nn.Module]  # contract -> module with random init
+    contract: Any
     key_map: KeyMap
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 
 
-def register_model(model_id: str, *, family: str, contract: SegContract, key_map: KeyMap):
-    """Decorator: register ``fn(num_classes) -> nn.Module`` under ``model_id``."""
+def _no_args(contract: Any) -> tuple:
+    return ()
 
-    def deco(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        MODELS.add(model_id, ModelEntry(model_id, family, fn, contract, key_map))
+
+def register_model(model_id: str, *, family: str, contract: Any, key_map: KeyMap,
+                   args: Callable[[Any], tuple] = _no_args):
+    """Decorator: register ``fn(*args(contract)) -> nn.Module`` under ``model_id``.
+
+    ``args`` maps the (possibly caller-modified) contract to the variant function's arguments, e.g.
+    segmentation passes the class count of the chosen label set.
+    """
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS.add(model_id, ModelEntry(model_id, family, lambda c: fn(*args(c)), contract, key_map))
         return fn
 
     return deco
@@ -60,8 +80,10 @@ def create_model(
     The returned module carries ``model_id`` and ``contract`` attributes.
     """
     entry = get_model_entry(model_id)
+    if labelset is not None and not isinstance(entry.contract, SegContract):
+        raise EdgevitError(f"{model_id}: labelset applies to segmentation models only; drop it")
     contract = entry.contract if labelset is None else replace(entry.contract, labelset_name=labelset)
-    model = entry.build(contract.num_classes)
+    model = entry.build(contract)
     if weights is not None:
         load_weights(model, weights, entry.key_map)
     model.model_id = model_id
@@ -71,4 +93,5 @@ def create_model(
 
 def _load_families() -> None:
     """Import the family modules so their ``@register_model`` calls run (once)."""
-    from . import efficientvit_seg  # noqa: F401
+    for name in FAMILIES:
+        importlib.import_module(f"{__package__}.{name}")
