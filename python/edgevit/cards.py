@@ -14,13 +14,18 @@ from .errors import EdgevitError
 # key -> type. Every card has COMMON; upstream releases add UPSTREAM, models trained here add TRAINED.
 COMMON: dict[str, type | tuple[type, ...]] = {
     "id": str, "family": str, "origin": str, "task": str, "title": str, "architecture": dict, "dataset": str,
-    "num_classes": int, "evaluation_protocol": str, "license": str,
+    "evaluation_protocol": str, "license": str,
+}
+# Task-specific keys (card, published figures); a task not listed here uses the segmentation ones.
+TASKS: dict[str, tuple[dict[str, type | tuple[type, ...]], dict[str, type | tuple[type, ...]]]] = {
+    "semantic-segmentation": ({"num_classes": int}, {"miou": (int, float)}),
+    "promptable-segmentation": ({}, {"coco_map": (int, float), "lvis_map": (int, float)}),
 }
 UPSTREAM = {"paper": str, "published": dict, "upstream_checkpoint": str}
 TRAINED = {"training": dict}
 ORIGINS = {"upstream": UPSTREAM, "edgevit": TRAINED}
 PUBLISHED_SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "resolution": str, "params": str, "macs": str, "miou": (int, float), "source": str,
+    "resolution": str, "params": str, "macs": str, "source": str,
 }
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$")
 _SCALE = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -62,10 +67,11 @@ def validate_card(card: dict[str, Any], source: str) -> None:
         raise EdgevitError(f"{source}: a model card must be a YAML mapping")
     if card.get("origin") not in ORIGINS:
         raise EdgevitError(f"{source}: invalid card: origin must be one of {sorted(ORIGINS)}")
-    check(card, COMMON | ORIGINS[card["origin"]], "")
+    task_keys, task_published = TASKS.get(card.get("task"), TASKS["semantic-segmentation"])
+    check(card, COMMON | task_keys | ORIGINS[card["origin"]], "")
     if card["origin"] != "upstream":
         return
-    check(card["published"], PUBLISHED_SCHEMA, " (published)")
+    check(card["published"], PUBLISHED_SCHEMA | task_published, " (published)")
     for key in ("params", "macs"):
         try:
             parse_quantity(card["published"][key])

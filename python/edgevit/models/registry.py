@@ -17,7 +17,7 @@ from .contract import SegContract
 
 
 # Family modules under edgevit.models whose ``@register_model`` calls fill the registry (imported once).
-FAMILIES = ("efficientvit_seg",)
+FAMILIES = ("efficientvit_seg", "efficientvit_sam")
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,9 @@ def create_model(
         raise EdgevitError(f"{model_id}: labelset applies to segmentation models only; drop it")
     contract = entry.contract if labelset is None else replace(entry.contract, labelset_name=labelset)
     model = entry.build(contract)
+    model.model_id = model_id  # before loading, so mismatch errors name the id
     if weights is not None:
         load_weights(model, weights, entry.key_map)
-    model.model_id = model_id
     model.contract = contract
     return model.eval()
 

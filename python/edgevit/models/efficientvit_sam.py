@@ -1,0 +1,269 @@
+"""EfficientViT-SAM (Zhang, Cai, Han 2024): EfficientViT image encoders with SAM's prompt encoder and
+mask decoder. Ids ``efficientvit-sam-{l0,l1,l2}`` (encoder input 512) and ``-{xl0,xl1}`` (1024).
+
+Module names follow the upstream state-dict layout (``image_encoder.backbone.*``,
+``image_encoder.neck.*``, ``image_encoder.norm.*``, ``prompt_encoder.*``, ``mask_decoder.*``), so
+upstream checkpoints load strictly through the identity mapping declared below.
+
+Contract (:class:`SamContract`):
+
+* ``model.image_encoder(x)``: x float32 N×3×S×S (S = 512 or 1024; RGB on the 0..255 scale normalised
+  with SAM's mean/std, longest side resized to S, zero-padded bottom-right) → embeddings N×256×64×64.
+* ``model.prompt_decoder(embeddings, coords, labels, mask_input, has_mask_input)`` (static shapes, see
+  :class:`~edgevit.models.sam_decoder.PromptDecoder`) → mask logits N×4×256×256 and IoU N×4.
+* ``model.prompt_encoder`` / ``model.mask_decoder``: the upstream-style calls with variable prompts.
+
+Norm eps is 1e-6 everywhere (upstream sets it on the whole model when building EfficientViT-SAM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import KeyMap
+from .contract import TensorSpec
+from .layers import LOCAL_BLOCKS, Chain, ConvUnit, EfficientViTBlock, FusedMBConv, Residual, Style
+from .registry import register_model
+from .sam_decoder import (EMBED_DIM, EMBED_SIZE, MASK_SIZE, NUM_MASK_TOKENS, PROMPT_FRAME, MaskDecoder,
+                          PromptDecoder, PromptEncoder)
+
+SAM_STYLE = Style(act="gelu", bn_eps=1e-6)
+SAM_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB, 0..255 scale
+SAM_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+MAX_POINTS = 16  # prompt slots of the static decoder, box corners and padding included
+UPSTREAM_KEYS = KeyMap(rules=((r"^module\.", ""),))
+
+
+@dataclass(frozen=True)
+class SamContract:
+    """Promptable segmentation, split into an image encoder (run once per image) and a prompt decoder.
+
+    Encoder input ``image``: float32 N×3×S×S, RGB, ``(x - mean) / std`` with x in 0..255, the image's
+    longest side resized to S (bilinear, antialiased like PIL), zero padding bottom-right after
+    normalisation. Output ``embeddings`` N×256×64×64.
+    Decoder: ``max_points`` prompt slots; coordinates in the frame where the longest side is
+    ``prompt_frame`` (1024) whatever S is; outputs 4 low-res 256×256 mask logits (index 0 single-mask,
+    1..3 multimask) and their IoU predictions. Masks: logits bilinearly upsampled to 1024, cropped to the
+    resized image, bilinearly resized to the original size, threshold 0 (see ``edgevit.processing``).
+    """
+
+    image_size: int
+    mean: tuple[float, float, float] = SAM_MEAN
+    std: tuple[float, float, float] = SAM_STD
+    prompt_frame: int = PROMPT_FRAME
+    max_points: int = MAX_POINTS
+    embed_dim: int = EMBED_DIM
+    embed_size: int = EMBED_SIZE
+    mask_size: int = MASK_SIZE
+    task: str = field(default="promptable-segmentation", init=False)
+
+    @property
+    def eval_size(self) -> tuple[int, int]:
+        """Encoder input size (the published MACs are counted at it)."""
+        return self.image_size, self.image_size
+
+    @property
+    def encoder_inputs(self) -> tuple[TensorSpec, ...]:
+        s = self.image_size
+        return (TensorSpec("image", ("N", 3, s, s), "float32", "NCHW",
+                           "RGB 0..255, (x - mean)/std, longest side resized, zero-padded bottom-right"),)
+
+    @property
+    def encoder_outputs(self) -> tuple[TensorSpec, ...]:
+        e = self.embed_size
+        return (TensorSpec("embeddings", ("N", self.embed_dim, e, e), "float32", "NCHW"),)
+
+    @property
+    def decoder_inputs(self) -> tuple[TensorSpec, ...]:
+        e, p, m = self.embed_size, self.max_points, self.mask_size
+        return (
+            TensorSpec("embeddings", ("N", self.embed_dim, e, e), "float32", "NCHW", "image encoder output"),
+            TensorSpec("coords", ("N", p, 2), "float32", "NPC", f"(x, y) in the {self.prompt_frame}-longest-side frame"),
+            TensorSpec("labels", ("N", p), "float32", "NP", "1 fg, 0 bg, 2/3 box corners, -1 padding"),
+            TensorSpec("mask_input", ("N", 1, m, m), "float32", "NCHW", "previous low-res logits (or zeros)"),
+            TensorSpec("has_mask_input", ("N",), "float32", "N", "1: use mask_input, 0: ignore it"),
+        )
+
+    @property
+    def decoder_outputs(self) -> tuple[TensorSpec, ...]:
+        m, k = self.mask_size, NUM_MASK_TOKENS
+        return (TensorSpec("masks", ("N", k, m, m), "float32", "NCHW", "logits; 0: single-mask, 1..3: multimask"),
+                TensorSpec("iou", ("N", k), "float32", "NK", "predicted IoU per mask"))
+
+    def to_dict(self) -> dict:
+        """JSON-ready description (model info and artifact manifests)."""
+        specs = lambda ts: [asdict(t) for t in ts]  # noqa: E731
+        return {
+            "task": self.task,
+            "encoder": {"inputs": specs(self.encoder_inputs), "outputs": specs(self.encoder_outputs)},
+            "decoder": {"inputs": specs(self.decoder_inputs), "outputs": specs(self.decoder_outputs)},
+            "normalization": {"scale": 1.0, "mean": list(self.mean), "std": list(self.std), "color": "RGB"},
+            "resize": {"kind": "LongestSide", "size": self.image_size, "interpolation": "bilinear-antialias",
+                       "pad": "zeros bottom-right, after normalization"},
+            "prompt_frame": self.prompt_frame, "max_points": self.max_points,
+            "mask_postprocess": "bilinear to prompt_frame, crop, bilinear to original size, threshold 0",
+        }
+
+
+@dataclass(frozen=True)
+class SamBackboneCfg:
+    """EfficientViT large backbone: per-stage width, depth, block kind, expansion, fewer-norm flag.
+
+    Block kinds: "res", "fmb", "mb" (local) or "att" / "att@3" (EfficientViT blocks, LiteMLA
+    aggregation scale 5 or 3). Stage 0 is a stride-2 conv stem; each later stage starts with a
+    stride-2 block (MBConv for attention stages) with expansion ``4 × expand``.
+    """
+
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    blocks: tuple[str, ...] = ("res", "fmb", "fmb", "mb", "att")
+    expands: tuple[float, ...] = (1, 4, 4, 4, 6)
+    fewer_norm: tuple[bool, ...] = (False, False, False, True, True)
+    dim: int = 32
+
+
+class SamBackbone(nn.Module):
+    """EfficientViT-L/XL backbone; returns ``{"stage0": ..., "stageK": ...}`` (stride 2^(i+1))."""
+
+    def __init__(self, cfg: SamBackboneCfg, style: Style = SAM_STYLE):
+        super().__init__()
+        w, d = cfg.widths, cfg.depths
+        stem: list[nn.Module] = [ConvUnit(3, w[0], 3, 2, bn_eps=style.bn_eps, act=style.act)]
+        stem += [Residual(LOCAL_BLOCKS[cfg.blocks[0]](w[0], w[0], 1, cfg.expands[0], style, cfg.fewer_norm[0]),
+                          skip=True) for _ in range(d[0])]
+        stages, cin = [Chain(stem)], w[0]
+        for sid in range(1, len(w)):
+            kind, expand, fewer = cfg.blocks[sid], cfg.expands[sid], cfg.fewer_norm[sid]
+            attention = kind.startswith("att")
+            down = LOCAL_BLOCKS["mb" if attention else kind]
+            blocks: list[nn.Module] = [Residual(down(cin, w[sid], 2, expand * 4, style, fewer_norm=fewer), skip=False)]
+            cin = w[sid]
+            for _ in range(d[sid]):
+                if attention:
+                    scales = (3,) if kind == "att@3" else (5,)
+                    blocks.append(EfficientViTBlock(cin, cfg.dim, expand, style, scales))
+                else:
+                    blocks.append(Residual(LOCAL_BLOCKS[kind](cin, cin, 1, expand, style, fewer_norm=fewer), skip=True))
+            stages.append(Chain(blocks))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats: dict[str, torch.Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            x = feats[f"stage{i}"] = stage(x)
+        return feats
+
+
+class ResizeTo(nn.Module):
+    """Bicubic resize to ``size`` × ``size`` (align_corners=False) in float32; identity when already there."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        y = F.interpolate(x.float(), size=(self.size, self.size), mode="bicubic", align_corners=False)
+        return y.to(x.dtype)
+
+
+class SamNeck(nn.Module):
+    """Projects three backbone stages to ``width`` channels at 64×64 (bicubic), sums them, refines with
+    ``depth`` residual FusedMBConvs and projects to 256 channels (1×1 conv with bias)."""
+
+    def __init__(self, features: tuple[str, ...], in_widths: tuple[int, ...], depth: int, expand: float,
+                 width: int = 256, style: Style = SAM_STYLE):
+        super().__init__()
+        self.features = features
+        self.input_ops = nn.ModuleList(
+            Chain([ConvUnit(c, width, 1, bn_eps=style.bn_eps), ResizeTo(EMBED_SIZE)]) for c in in_widths)
+        self.middle = Chain([Residual(FusedMBConv(width, width, 1, expand, style), skip=True) for _ in range(depth)])
+        self.output_ops = nn.ModuleList([Chain([ConvUnit(width, EMBED_DIM, 1, bias=True, bn_eps=None)])])
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = None
+        for name, op in zip(self.features, self.input_ops):
+            y = op(feats[name])
+            x = y if x is None else x + y
+        return self.output_ops[0](self.middle(x))
+
+
+class LayerNorm2dEViT(nn.LayerNorm):
+    """EfficientViT's channel LayerNorm on NCHW (``weight``/``bias`` over C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x - x.mean(dim=1, keepdim=True)
+        d = d / torch.sqrt(d.square().mean(dim=1, keepdim=True) + self.eps)
+        return d * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class SamImageEncoder(nn.Module):
+    """Backbone → neck → channel LayerNorm: N×3×S×S → N×256×64×64."""
+
+    def __init__(self, backbone: SamBackbone, neck: SamNeck):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.norm = LayerNorm2dEViT(EMBED_DIM, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.neck(self.backbone(x)))
+
+
+class EfficientViTSam(nn.Module):
+    """Image encoder + SAM prompt encoder + mask decoder (see the module docstring for the contract)."""
+
+    def __init__(self, image_encoder: SamImageEncoder):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = PromptEncoder()
+        self.mask_decoder = MaskDecoder()
+
+    @property
+    def prompt_decoder(self) -> PromptDecoder:
+        """The static-shape decoder over this model's prompt encoder and mask decoder (shared weights)."""
+        return PromptDecoder(self.prompt_encoder, self.mask_decoder).train(self.training)
+
+
+L_NECK = (("stage4", "stage3", "stage2"), (512, 256, 128))
+XL_NECK = (("stage5", "stage4", "stage3"), (1024, 512, 256))
+XL_BLOCKS = dict(blocks=("res", "fmb", "fmb", "fmb", "att@3", "att@3"), expands=(1, 4, 4, 4, 4, 6),
+                 fewer_norm=(False, False, False, False, True, True))
+
+
+def build(cfg: SamBackboneCfg, neck: tuple[tuple[str, ...], tuple[int, ...]], depth: int, expand: float) -> EfficientViTSam:
+    return EfficientViTSam(SamImageEncoder(SamBackbone(cfg), SamNeck(*neck, depth=depth, expand=expand)))
+
+
+def _sam(model_id: str, image_size: int):
+    return register_model(model_id, family="efficientvit-sam", contract=SamContract(image_size), key_map=UPSTREAM_KEYS)
+
+
+@_sam("efficientvit-sam-l0", 512)
+def sam_l0() -> EfficientViTSam:
+    return build(SamBackboneCfg((32, 64, 128, 256, 512), (1, 1, 1, 4, 4)), L_NECK, 4, 1)
+
+
+@_sam("efficientvit-sam-l1", 512)
+def sam_l1() -> EfficientViTSam:
+    return build(SamBackboneCfg((32, 64, 128, 256, 512), (1, 1, 1, 6, 6)), L_NECK, 8, 1)
+
+
+@_sam("efficientvit-sam-l2", 512)
+def sam_l2() -> EfficientViTSam:
+    return build(SamBackboneCfg((32, 64, 128, 256, 512), (1, 2, 2, 8, 8)), L_NECK, 12, 1)
+
+
+@_sam("efficientvit-sam-xl0", 1024)
+def sam_xl0() -> EfficientViTSam:
+    return build(SamBackboneCfg((32, 64, 128, 256, 512, 1024), (0, 1, 1, 2, 3, 3), **XL_BLOCKS), XL_NECK, 6, 4)
+
+
+@_sam("efficientvit-sam-xl1", 1024)
+def sam_xl1() -> EfficientViTSam:
+    return build(SamBackboneCfg((32, 64, 128, 256, 512, 1024), (1, 2, 2, 4, 6, 6), **XL_BLOCKS), XL_NECK, 12, 4)
