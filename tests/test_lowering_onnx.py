@@ -360,3 +360,26 @@ def test_build_engine_with_tensorrt(b0, b0_int8, tmp_path):
         assert engine.stat().st_mtime_ns == mtime
     with pytest.raises(EdgevitError, match="built from the int8 ONNX"):
         lowering_trt.build_engine(b0["fp32"], "int8", cache)
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (8, 8)], ids=["quadratic-order", "linear-order"])
+def test_attention_with_empty_queries_stays_finite(tmp_path, hw):
+    """Tokens whose ReLU query is all zero have a zero normaliser: eager gives 0 there (0 / (0 + eps)); the
+    exported graph must too. The exporter folds "+ 1e-15" away, so the rewrite divides by max(den, eps)."""
+    from edgevit.lowering.rewrite import BmmLiteMLA
+    from edgevit.models.layers import LiteMLA, Style
+
+    torch.manual_seed(0)
+    mla = LiteMLA(32, 16, (5,), Style(act="hswish", bn_eps=1e-5)).eval()
+    with torch.no_grad():
+        mla.qkv.conv.weight[:16] = -mla.qkv.conv.weight[:16].abs()  # first head's q < 0 for a positive input
+    x = torch.rand(1, 32, *hw) + 0.1
+    model = nn.Sequential(BmmLiteMLA.from_module(mla)).eval()
+    model.model_id, model.contract = B0, get_model_entry(B0).contract
+    result = get_backend("onnx").export(ExportRequest(model, tuple(x.shape), "fp32", tmp_path / "m.onnx"))
+    assert result.tool_versions["opset"] == str(lowering_onnx.OPSET)
+    got = _session(tmp_path / "m.onnx").run(None, {"image": x.numpy()})[0]
+    with torch.inference_mode():
+        ref = mla(x).numpy()
+    assert np.isfinite(got).all()
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()

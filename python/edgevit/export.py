@@ -35,7 +35,17 @@ CALIBRATION_IMAGES = 16
 
 
 class GateError(EdgevitError):
-    """An artifact missed its accuracy budget against the float model."""
+    """An artifact missed its accuracy budget against the float model.
+
+    ``keep_float``: the modules the last fallback round kept in float (re-export with them and
+    ``gate=None`` to write that best attempt anyway).
+    """
+
+    def __init__(self, message: str, keep_float: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.keep_float = keep_float
+
+
 MAX_FALLBACK_ROUNDS = 3
 
 
@@ -155,7 +165,8 @@ def export(
             worst_names = ", ".join(s.name for s in sorted(sensitivity or [], key=lambda s: s.sqnr_db)[:3])
             raise GateError(
                 f"{model_id} {format}/{precision}: misses its accuracy budget ({'; '.join(failures)}) on "
-                f"{fid_set.source}; worst layers: {worst_names or 'n/a'}; use --keep-float or --no-gate")
+                f"{fid_set.source}; worst layers: {worst_names or 'n/a'}; use --keep-float or --no-gate",
+                keep_float=tuple(k["name"] for k in kept))
         manifest = _final_manifest(model_id, format, precision, artifact, size, contract, result, subs, fid,
                                    gate, failures, calib_set, fid_set, kept, sensitivity, weights)
         write_manifest(manifest, tmp)

@@ -51,8 +51,9 @@ class BenchRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _time(args: list[str], threads: int, runs: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "edgevit.harness.worker", "--threads", str(threads), "--runs", str(runs), *args]
+def _time(args: list[str], threads: int, runs: int, sample: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "edgevit.harness.worker", "--threads", str(threads), "--runs", str(runs),
+           "--input", str(sample), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -87,6 +88,10 @@ def bench(model_id: str, data: str | Path, out: str | Path, weights: str | Path 
     images = load_image_set(data, layout, limit, contract.num_classes)
     macs = count_macs(model, (1, 3, *size))
     rows: list[BenchRow] = []
+    out.mkdir(parents=True, exist_ok=True)
+    sample = out / "timing-input.npy"  # every runner is timed on the same real pre-processed photo
+    with io.atomic_write(sample) as f:
+        np.save(f, contract.preprocess(images.images[0]))
 
     eager = BenchRow("eager", "fp32", "reference")
     fid = measure(TorchRunner(model), TorchRunner(model), contract, images)
@@ -94,7 +99,7 @@ def bench(model_id: str, data: str | Path, out: str | Path, weights: str | Path 
     eager_args = ["--eager", model_id, "--size", f"{size[0]}x{size[1]}"]
     eager_args += ["--weights", str(weights)] if weights else []
     eager_args += ["--labelset", labelset] if labelset else []
-    _fill_timing(eager, _time(eager_args, threads, runs), None, macs)
+    _fill_timing(eager, _time(eager_args, threads, runs, sample), None, macs)
     eager.vs_eager = 1.0
     rows.append(eager)
 
@@ -108,8 +113,8 @@ def bench(model_id: str, data: str | Path, out: str | Path, weights: str | Path 
                               threads=threads, progress=progress)
                     try:
                         export(model_id, fmt, prec, folder, **kw)
-                    except GateError:  # still measure it: the row will say the gate failed
-                        export(model_id, fmt, prec, folder, gate=None, **kw)
+                    except GateError as exc:  # still measure its best attempt: the row says the gate failed
+                        export(model_id, fmt, prec, folder, gate=None, keep_float=exc.keep_float, **kw)
                 manifest, artifact = read_manifest(folder)
                 runner = load_artifact(folder, threads=threads)
                 f = measure(TorchRunner(model), runner, contract, images)
@@ -120,7 +125,7 @@ def bench(model_id: str, data: str | Path, out: str | Path, weights: str | Path 
                 row.status = "ok" if not failures else "gate failed: " + "; ".join(failures)
                 row.extra = {"delegation": manifest.delegation,
                              "kept_float": (manifest.quantization or {}).get("kept_float")}
-                _fill_timing(row, _time(["--artifact", str(folder)], threads, runs), eager.p50_ms, macs)
+                _fill_timing(row, _time(["--artifact", str(folder)], threads, runs, sample), eager.p50_ms, macs)
             except EdgevitError as exc:
                 row.status = f"error: {exc}"
             except Exception as exc:  # a backend crash is a row, not the end of the benchmark
@@ -129,7 +134,8 @@ def bench(model_id: str, data: str | Path, out: str | Path, weights: str | Path 
 
     meta = {"model": model_id, "weights": str(weights) if weights else None, "input": [1, 3, *size],
             "macs": macs, "threads": threads, "runs": runs, "data": images.describe(),
-            "roofline_ops_per_s": ROOFLINE_OPS}
+            "roofline_ops_per_s": ROOFLINE_OPS, "timing_input": f"{images.names[0]} (pre-processed)",
+            "eager": "torch.set_flush_denormal(True), torch.inference_mode()"}
     out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "bench.json", {"meta": meta, "rows": [asdict(r) for r in rows]})
     io.write_text(out / "bench.md", render_markdown(meta, rows))

@@ -77,7 +77,9 @@ class BmmLiteMLA(LiteMLA):
             out = torch.bmm(torch.bmm(v1, k.transpose(1, 2)), q)  # ([V;1] Kᵀ) Q
         else:
             out = torch.bmm(v1, torch.bmm(k.transpose(1, 2), q))  # [V;1] (Kᵀ Q)
-        out = out[:, :d] / (out[:, d:] + self.eps)
+        # max(den, eps) rather than den + eps: den >= 0, so the two differ by at most eps (1e-15), but the
+        # ONNX exporter's optimizer folds "+ 1e-15" away as a no-op and 0/0 then turns into NaN.
+        out = out[:, :d] / out[:, d:].clamp_min(self.eps)
         return out.reshape(b, -1, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,8 @@ def export_friendly(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
             _set_module(new, name, BmmLiteMLA.from_module(module))
             subs.append(Substitution(
                 name, "LiteMLA: concat branches, then attention with 4-D matmul (expand + bmm) and sum normaliser",
-                "attention per branch, then concat; 3-D bmm over batch x heads; normaliser from a ones row in V"))
+                "attention per branch, then concat; 3-D bmm over batch x heads; normaliser from a ones row in V, "
+                "divided by max(normaliser, eps) instead of normaliser + eps"))
     if subs:
         with torch.inference_mode():
             diff = float((model(example) - new(example)).abs().max())
