@@ -359,3 +359,11 @@ def write_reference_vectors(out_dir: str | Path) -> list[Path]:
     }
     (out / "index.json").write_text(json.dumps(index, indent=1, default=policy_to_dict) + "\n")
     return [*paths, out / "index.json"]
+
+
+# --- EfficientViT-SAM ---------------------------------------------------------------------------
+# Defined in processing_sam.py (it uses the helpers above, so it is imported last) and re-exported here.
+from .processing_sam import (  # noqa: E402
+    SAM_MEAN, SAM_STD, longest_side_shape, resize_bilinear, resize_bilinear_antialias, sam_image_to_input,
+    sam_postprocess_masks, sam_transform_coords,
+)
