@@ -17,7 +17,7 @@ from .contract import SegContract
 
 
 # Family modules under edgevit.models whose ``@register_model`` calls fill the registry (imported once).
-FAMILIES = ("efficientvit_seg", "efficientvit_sam")
+FAMILIES = ("efficientvit_seg", "efficientvit_sam", "efficientvit_sr", "fsrcnn")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,175 @@
+"""EfficientViT super-resolution (our design; the EfficientViT paper reports SR results but never released
+the network). On the low-resolution (LR) input grid: a 3×3 conv stem; a stride-2 2×2 conv down to half the
+LR resolution, where the EfficientViT blocks (multi-scale ReLU linear attention + depthwise-conv FFN) run
+at a quarter of the pixels; back up by a 1×1 conv + pixel shuffle, added to the stem features; a 3×3 fuse
+conv; a 3×3 (×2) or 1×1 (×4) conv + pixel shuffle to the output resolution; plus a global bicubic skip, so the network only
+learns the residual. Norm-free (batch statistics of small crops hurt SR), biases everywhere.
+
+Attention runs in fixed ``window``×``window`` windows of the half-resolution grid (aligned to the image
+origin): the receptive field is bounded (:func:`receptive_margin`), so tiled inference is exact, and the
+cost is linear in the image size. ``model(x)``: x float32 N×3×h×w RGB in [0, 1] → N×3×(s·h)×(s·w) in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import KeyMap
+from .layers import ActName, make_act
+from .registry import register_model
+from .sr_common import BicubicSkip, SRContract, pad_to_multiple
+
+IDENTITY_KEYS = KeyMap()  # trained here: our names are the checkpoint's names
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    stem: int  # channels at the LR resolution
+    width: int  # channels of the half-resolution EfficientViT trunk
+    depth: int  # EfficientViT blocks
+    dim: int = 16  # attention head dim
+    expand: float = 2.0  # FFN expansion
+    window: int = 8  # attention window (half-resolution pixels)
+    act: ActName = "hswish"
+
+
+class WindowLiteMLA(nn.Module):
+    """LiteMLA (ReLU linear attention, multi-scale 5×5 aggregation) attending inside fixed windows.
+
+    Same parameters and names as :class:`edgevit.models.layers.LiteMLA` (``qkv``, ``aggreg``, ``proj``) but
+    norm-free with a biased projection. Per window and head, with φ = ReLU over the window's tokens::
+
+        out_n = Σ_m v_m (φ(k_m)ᵀ φ(q_n)) / (Σ_m φ(k_m)ᵀ φ(q_n) + eps)
+
+    computed as 3-D ``bmm`` with a row of ones appended to V (gives the normaliser), in float32. Each branch
+    (the qkv conv, each aggregation) attends separately. Input H, W must be multiples of ``window``.
+    """
+
+    def __init__(self, channels: int, dim: int, window: int, scales: tuple[int, ...] = (5,), eps: float = 1e-15):
+        super().__init__()
+        heads = channels // dim
+        total = heads * dim
+        self.dim, self.window, self.eps = dim, window, eps
+        self.qkv = nn.Conv2d(channels, 3 * total, 1, bias=True)
+        self.aggreg = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(3 * total, 3 * total, s, padding=s // 2, groups=3 * total, bias=False),
+                nn.Conv2d(3 * total, 3 * total, 1, groups=3 * heads, bias=False),
+            )
+            for s in scales
+        )
+        self.proj = nn.Conv2d(total * (1 + len(scales)), channels, 1, bias=True)
+
+    def attend(self, t: torch.Tensor) -> torch.Tensor:
+        """t: B×(heads·3·dim)×H×W → B×(heads·dim)×H×W, attention within each window."""
+        b, c, h, w = t.shape
+        d, win = self.dim, self.window
+        heads, nh, nw = c // (3 * d), h // win, w // win
+        t = t.float().reshape(b * heads, 3 * d, nh, win, nw, win).permute(0, 2, 4, 1, 3, 5)
+        t = t.reshape(b * heads * nh * nw, 3 * d, win * win)  # (windows·heads)×3d×tokens
+        q, k, v = F.relu(t[:, :d]), F.relu(t[:, d : 2 * d]), t[:, 2 * d :]
+        v1 = F.pad(v, (0, 0, 0, 1), value=1.0)  # [V; 1]
+        if win * win > d:
+            out = torch.bmm(torch.bmm(v1, k.transpose(1, 2)), q)
+        else:
+            out = torch.bmm(v1, torch.bmm(k.transpose(1, 2), q))
+        out = out[:, :d] / (out[:, d:] + self.eps)
+        out = out.reshape(b * heads, nh, nw, d, win, win).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(b, heads * d, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)
+        heads = [self.attend(qkv), *(self.attend(agg(qkv)) for agg in self.aggreg)]
+        return self.proj(torch.cat(heads, dim=1).to(x.dtype))
+
+
+class FFN(nn.Module):
+    """Norm-free inverted bottleneck: 1×1 expand + act → depthwise 3×3 + act → 1×1 project."""
+
+    def __init__(self, channels: int, expand: float, act: ActName):
+        super().__init__()
+        mid = round(channels * expand)
+        self.inverted_conv = nn.Sequential(nn.Conv2d(channels, mid, 1), make_act(act))
+        self.depth_conv = nn.Sequential(nn.Conv2d(mid, mid, 3, padding=1, groups=mid), make_act(act))
+        self.point_conv = nn.Conv2d(mid, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.point_conv(self.depth_conv(self.inverted_conv(x)))
+
+
+class SRBlock(nn.Module):
+    """EfficientViT block without norms: ``x + attention(x)`` then ``x + ffn(x)``."""
+
+    def __init__(self, cfg: SRConfig):
+        super().__init__()
+        self.context_module = WindowLiteMLA(cfg.width, cfg.dim, cfg.window)
+        self.local_module = FFN(cfg.width, cfg.expand, cfg.act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.context_module(x)
+        return x + self.local_module(x)
+
+
+def receptive_margin(cfg: SRConfig) -> int:
+    """LR pixels on each side that an output pixel can depend on (an upper bound).
+
+    Stem 3×3: 1; the 2×2 stride-2 down conv: 1; per block at half resolution, ×2 in LR pixels: 5×5
+    aggregation 2, the rest of the window (window - 1), FFN 3×3 1; the 1×1 + shuffle up: 1; fuse and
+    upsampler 3×3 convs: 1 each. The bicubic skip (2) is parallel and smaller.
+    """
+    return 2 + 2 * cfg.depth * (cfg.window + 2) + 3
+
+
+class EfficientViTSR(nn.Module):
+    """N×3×h×w in [0, 1] → N×3×(s·h)×(s·w) in [0, 1] (clamped in eval mode; unclamped while training)."""
+
+    def __init__(self, cfg: SRConfig, scale: int):
+        super().__init__()
+        self.cfg, self.scale = cfg, scale
+        self.multiple = 2 * cfg.window  # LR pixels per half-resolution window
+        self.stem = nn.Sequential(nn.Conv2d(3, cfg.stem, 3, padding=1), make_act(cfg.act))
+        self.down = nn.Conv2d(cfg.stem, cfg.width, 2, stride=2)
+        self.blocks = nn.Sequential(*(SRBlock(cfg) for _ in range(cfg.depth)))
+        self.up = nn.Conv2d(cfg.width, 4 * cfg.stem, 1)
+        self.fuse = nn.Sequential(nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1), make_act(cfg.act))
+        k = 3 if scale == 2 else 1  # at ×4 a 3×3 to 48 channels would be the most expensive layer
+        self.upsampler = nn.Conv2d(cfg.stem, 3 * scale * scale, k, padding=k // 2)
+        self.skip = BicubicSkip(scale)
+        with torch.no_grad():  # start close to plain bicubic
+            self.upsampler.weight.mul_(0.1)
+            self.upsampler.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        xp = pad_to_multiple(x, self.multiple)
+        f = self.stem(xp)
+        f = f + F.pixel_shuffle(self.up(self.blocks(self.down(f))), 2)
+        y = F.pixel_shuffle(self.upsampler(self.fuse(f)), self.scale) + self.skip(xp)
+        y = y[:, :, : self.scale * h, : self.scale * w]
+        return y if self.training else y.clamp(0.0, 1.0)
+
+
+VARIANTS = {"s": SRConfig(stem=24, width=32, depth=2), "m": SRConfig(stem=32, width=64, depth=3)}
+TILES = {"s": 256, "m": 320}  # input tile size per variant (LR pixels)
+
+
+def _contract(variant: str, scale: int) -> SRContract:
+    cfg = VARIANTS[variant]
+    mult = 2 * cfg.window
+    margin = -(-receptive_margin(cfg) // mult) * mult  # rounded up to whole windows (keeps windows aligned)
+    return SRContract(scale=scale, tile=TILES[variant], margin=margin, size_multiple=mult)
+
+def _register(variant: str, scale: int) -> None:
+    @register_model(f"efficientvit-sr-{variant}-x{scale}", family="efficientvit-sr",
+                    contract=_contract(variant, scale), key_map=IDENTITY_KEYS)
+    def build() -> EfficientViTSR:
+        return EfficientViTSR(VARIANTS[variant], scale)
+
+
+for _v in VARIANTS:
+    for _s in (2, 4):
+        _register(_v, _s)
