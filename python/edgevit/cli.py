@@ -62,6 +62,14 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     print(json.dumps(result.to_dict(), indent=2) if a.json else result.table())
 
 
+def _cmd_eval_sam(a: argparse.Namespace) -> None:
+    from .sam.evaluate import evaluate_sam
+
+    result = evaluate_sam(a.model, a.data, prompts=tuple(a.prompts.split(",")), weights=a.weights, limit=a.limit,
+                          out=a.out)
+    print(json.dumps(result.to_dict(), indent=2) if a.json else result.table())
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .api import demo
 
@@ -150,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="also write eval.json and eval.md here")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_eval)
+
+    s = sub.add_parser("eval-sam", help="interactive segmentation mIoU of a SAM model (box and click prompts)")
+    s.add_argument("model", help="a SAM model id, e.g. efficientvit-sam-l0")
+    s.add_argument("--weights", help="upstream checkpoint (.pt / .safetensors); random init if omitted")
+    s.add_argument("--data", required=True, help="folder with prompts.json (grabcut50) or images/ + masks/<image>/")
+    s.add_argument("--prompts", default="box,click1,click3,click5", help="comma-separated: box, click1..click15")
+    s.add_argument("--limit", type=int, help="first N instances only")
+    s.add_argument("--out", help="also write eval_sam.json and eval_sam.md here")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_eval_sam)
 
     s = sub.add_parser("export", help="lower a model to an artifact + manifest, gated on measured fidelity")
     s.add_argument("model")
