@@ -32,7 +32,8 @@ def model_info(model_id: str) -> dict[str, Any]:
     entry = get_model_entry(model_id)
     model = create_model(model_id)
     h, w = entry.contract.eval_size
-    params, macs = count_params(model), count_macs(model, (1, 3, h, w))
+    # Promptable segmentation: MACs of the image encoder (the published figure), params of the whole model.
+    params, macs = count_params(model), count_macs(getattr(model, "image_encoder", model), (1, 3, h, w))
     card = load_card(model_id)
     info = {"id": model_id, "family": entry.family, "params": params, "macs": macs, "macs_input": [1, 3, h, w],
             "contract": entry.contract.to_dict(), "card": card}
