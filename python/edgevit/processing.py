@@ -433,6 +433,19 @@ def write_reference_vectors(out_dir: str | Path) -> list[Path]:
     return [*paths, out / "index.json"]
 
 
+# --- generative models (HART tokenizer range) ---------------------------------------------------
+def image_to_signed(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 H×W×3 -> float32 3×H×W in [-1, 1]: ``x / 127.5 - 1`` (the HART tokenizer's input)."""
+    image = _image(image, "image_to_signed: image")
+    return np.ascontiguousarray((image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1))
+
+
+def signed_to_image(x: np.ndarray) -> np.ndarray:
+    """float32 3×H×W in [-1, 1] (clipped) -> RGB uint8 H×W×3: ``rint((x + 1) * 127.5)``."""
+    x = _array(x, "signed_to_image: x", (np.float32, np.float64), (3,))
+    return np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
 # --- EfficientViT-SAM ---------------------------------------------------------------------------
 # Defined in processing_sam.py (it uses the helpers above, so it is imported last) and re-exported here.
 from .processing_sam import (  # noqa: E402

@@ -131,7 +131,7 @@ _add(HartConfig(
     name="hart-tiny", image_size=16,
     tokenizer=TokenizerConfig(vocab_size=32, z_channels=8, ch=8, ch_mult=(1, 2), num_res_blocks=1,
                               norm_groups=4, share_quant_resi=4, patch_nums=(1, 2, 4, 8)),
-    transformer=TransformerConfig(depth=2, embed_dim=32, num_heads=2, ffn_multiple=16, num_classes=4),
+    transformer=TransformerConfig(depth=2, embed_dim=32, num_heads=2, ffn_multiple=16, num_classes=8),
     diffusion=DiffusionConfig(width=32, depth=2),
     notes="for tests",
 ))
