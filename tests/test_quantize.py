@@ -109,3 +109,11 @@ def test_measure_on_real_images_with_labels(voc_inputs):
     assert noisy.agreement == 1.0 and noisy.sqnr_db < 60  # constant shift: same argmax, lower SQNR
     flipped = measure(TorchRunner(model), lambda x: -model(torch.from_numpy(x)).detach().numpy(), contract, small)
     assert flipped.agreement < 0.5 and flipped.cosine < 0
+
+
+def test_unlabelled_image_set_skips_annotation_folders(shared_data):
+    voc = shared_data / "seg" / "voc2012_val14"
+    images = load_image_set(voc)  # images/ and labels/ under the root: only the photos calibrate
+    assert len(images) == 14 and images.labels is None
+    assert all(name.startswith("images/") for name in images.names)
+    assert all(im.ndim == 3 and im.shape[2] == 3 for im in images.images)

@@ -48,11 +48,16 @@ def _digest(names: list[str], images: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+# Folder names of dataset annotations (VOC labels/, ADE20K annotations/, GrabCut masks/, Cityscapes gtFine/).
+LABEL_FOLDERS = frozenset({"labels", "annotations", "masks", "gtfine", "segmentationclass"})
+
+
 def load_image_set(root: str | Path, layout: str | None = None, limit: int | None = None,
                    num_classes: int | None = None) -> ImageSet:
     """Images (and labels, when ``layout`` names a labelled dataset layout) from ``root``, sorted, first ``limit``.
 
-    Without ``layout`` every image file under ``root`` is used, unlabelled.
+    Without ``layout`` every image file under ``root`` is used, unlabelled, except those inside folders named
+    like annotation folders (:data:`LABEL_FOLDERS`): label maps are not photos and must not calibrate int8.
     """
     root = Path(root)
     if layout is not None:
@@ -63,7 +68,8 @@ def load_image_set(root: str | Path, layout: str | None = None, limit: int | Non
         return ImageSet(str(root), names, images, [s.label for s in samples], _digest(names, images))
     if not root.is_dir():
         raise EdgevitError(f"{root}: calibration folder not found; pass a folder of real photos")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not LABEL_FOLDERS & {part.lower() for part in p.relative_to(root).parts[:-1]})[:limit]
     if not files:
         raise EdgevitError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found; pass a folder of real photos")
     names = [str(p.relative_to(root)) for p in files]
