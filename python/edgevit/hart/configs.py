@@ -9,7 +9,7 @@ double). The sizes of the released upstream model are only reachable through its
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from ..errors import EdgevitError
 from ..registry import Registry
@@ -91,7 +91,6 @@ class HartConfig:
     transformer: TransformerConfig
     diffusion: DiffusionConfig
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         tok = self.tokenizer
