@@ -101,3 +101,19 @@ def test_wrong_condition_kind_is_a_clear_error():
         _random_model().transformer.condition_from_context(torch.zeros(1, 1, 4))
     with pytest.raises(EdgevitError, match="text-conditioned"):
         _text_transformer().condition_from_labels(torch.tensor([0]))
+
+
+def test_scale_step_exports_with_the_cache_as_input_and_output():
+    from edgevit.hart.transformer import ScaleStep
+
+    t = _random_model().transformer
+    cond = t.condition_from_labels(torch.tensor([1, 8]))
+    x, cos, sin = t.scale_inputs(2, torch.randn(2, 16, 8), cond)
+    cache = torch.randn(t.cfg.depth, 2, 2, t.cfg.num_heads, t.seq_len, t.head_dim)
+    args = (x, cond.pooled, cond.pooled_head, cos, sin, cache)
+    program = torch.export.export(ScaleStep(t, start=1 + 4).eval(), args)
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("scaled_dot_product" in o or "repeat_interleave" in o for o in ops)
+    with torch.no_grad():
+        for got, want in zip(program.module()(*args), t.step(*args, start=1 + 4), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

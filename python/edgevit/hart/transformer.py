@@ -253,3 +253,15 @@ class HartTransformer(nn.Module):
             x, kv = blk(x, pooled, cos, sin, mask, cache=cache[i], start=start)
             layers.append(kv)
         return x, self.head(self.head_nm(x, pooled_head)), torch.stack(layers)
+
+
+class ScaleStep(nn.Module):
+    """:meth:`HartTransformer.step` at a fixed cache offset ``start`` as a module with tensor-only
+    inputs/outputs — the static-shape program exported per scale (plain matmul/softmax, no SDPA)."""
+
+    def __init__(self, transformer: HartTransformer, start: int):
+        super().__init__()
+        self.transformer, self.start = transformer, start
+
+    def forward(self, x, pooled, pooled_head, cos, sin, cache):
+        return self.transformer.step(x, pooled, pooled_head, cos, sin, cache, self.start)
