@@ -33,3 +33,27 @@ def test_describe_reports_params_and_macs():
     d = describe("hart-tiny")
     assert d["params_transformer"] > 0 and d["macs_transformer"] > 0
     assert d["macs_total"] == d["macs_transformer"] + d["macs_diffusion"] + d["macs_decoder"]
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_contract_matches_the_model(name):
+    from edgevit.hart.contract import GenContract
+
+    cfg = get_config(name)
+    c = GenContract.from_config(cfg)
+    d = c.to_dict()
+    assert d["task"] == "image-generation" and d["kv_capacity"] == HartModel(cfg).transformer.seq_len
+    cache = d["programs"]["step"]["inputs"][-1]["shape"]
+    assert tuple(cache[-2:]) == (c.kv_capacity, cfg.transformer.embed_dim // cfg.transformer.num_heads)
+
+
+def test_class_grid_png(tmp_path):
+    import numpy as np
+
+    from edgevit.io import read_image
+    from edgevit.hart.samples import write_class_grid
+
+    model = HartModel(get_config("hart-tiny")).eval()
+    path = write_class_grid(model, tmp_path / "grid.png", per_class=2, classes=[0, 1, 2])
+    grid = read_image(path)
+    assert grid.shape == (3 * 18 + 2, 2 * 18 + 2, 3) and grid.dtype == np.uint8
