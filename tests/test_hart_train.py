@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("skimage", reason="scikit-image (bundled photos) is not installed")
 
 from edgevit.hart.checkpoint import load_folder  # noqa: E402
-from edgevit.hart.train import PHOTOS, photo_crops, train_teacher, train_tokenizer  # noqa: E402
+from edgevit.hart.train import PHOTOS, photo_crops, tokenizer_report, train_teacher, train_tokenizer  # noqa: E402
 
 
 def test_photo_crops_split_and_range():
@@ -26,5 +26,8 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     a, b = load_folder(tmp_path / "a" / "hart"), load_folder(tmp_path / "b" / "hart")
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
+    report = tokenizer_report("hart-tiny", tmp_path / "tok", per_class=1)
+    assert report["images"] == len(PHOTOS) and 0 < report["codebook_used"] <= report["vocab_size"]
+    assert abs(report["psnr_discrete_plus_residual"] - report["psnr_continuous"]) < 1e-3
     first = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["history"]
     assert len(first) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in first)

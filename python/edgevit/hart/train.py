@@ -1,11 +1,13 @@
 """Small, reproducible, resumable CPU training of a HART tokenizer and a class-conditional teacher on
 crops of the colour photos bundled with scikit-image (one class per photo).
 
-Commands (re-running the same command resumes from ``OUT/last.pt``)::
+Commands (re-running the same command resumes from ``OUT/last.pt``; ``tokenizer-report`` prints
+held-out reconstruction PSNRs)::
 
     .venv/bin/python -m edgevit.hart.train tokenizer --config hart-teacher-small --out runs/hart/tokenizer --steps 3000
     .venv/bin/python -m edgevit.hart.train teacher --config hart-teacher-small \\
         --tokenizer runs/hart/tokenizer --out runs/hart/teacher --steps 3000
+    .venv/bin/python -m edgevit.hart.train tokenizer-report --config hart-teacher-small --tokenizer runs/hart/tokenizer
 
 The teacher run ends by writing ``OUT/hart/`` in the upstream folder layout (llm/ + tokenizer/, see
 :mod:`edgevit.hart.checkpoint`). Data: each photo is resized (bicubic) to a short side of 3 × the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import sys
 import time
@@ -156,6 +159,27 @@ def train_tokenizer(config: str | HartConfig, out: str | Path, steps: int = 3000
     return out / "tokenizer.pt"
 
 
+@torch.no_grad()
+def tokenizer_report(config: str | HartConfig, tokenizer: str | Path, per_class: int = 8, seed: int = 0) -> dict:
+    """PSNR (dB, images in [-1, 1] mapped to [0, 1]) of held-out crops decoded from the continuous
+    latent, from the discrete tokens only, and from discrete + residual; plus codebook usage."""
+    cfg = get_config(config) if isinstance(config, str) else config
+    tok_path = Path(tokenizer) / "tokenizer.pt" if Path(tokenizer).is_dir() else Path(tokenizer)
+    model = HartModel(cfg).eval()
+    model.tokenizer.load_state_dict(torch.load(tok_path, map_location="cpu", weights_only=True))
+    x, _ = photo_crops(cfg.image_size, "heldout", per_class, seed)
+    tok = model.tokenizer
+    q = tok.tokenize(x)
+
+    def psnr(y: torch.Tensor) -> float:
+        return float(10 * torch.log10(4.0 / F.mse_loss(y, x)))
+
+    used = torch.cat(q.indices, 1).unique().numel()
+    return {"images": len(x), "psnr_continuous": psnr(tok.decode(tok.encode(x))), "psnr_discrete": psnr(tok.decode(q.discrete)),
+            "psnr_discrete_plus_residual": psnr(tok.decode(q.discrete + q.residual)),
+            "codebook_used": used, "vocab_size": cfg.tokenizer.vocab_size}
+
+
 def train_teacher(config: str | HartConfig, tokenizer: str | Path, out: str | Path, steps: int = 3000, batch: int = 16,
                   lr: float = 5e-4, seed: int = 0, per_class: int = 256, ckpt_every: int = 250,
                   log_every: int = 50) -> Path:
@@ -189,6 +213,9 @@ def train_teacher(config: str | HartConfig, tokenizer: str | Path, out: str | Pa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgevit.hart.train", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("tokenizer-report")
+    r.add_argument("--config", default="hart-teacher-small")
+    r.add_argument("--tokenizer", required=True)
     for what in ("tokenizer", "teacher"):
         s = sub.add_parser(what)
         s.add_argument("--config", default="hart-teacher-small")
@@ -200,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         if what == "teacher":
             s.add_argument("--tokenizer", required=True)
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(getattr(a, "threads", 1))
     try:
+        if a.what == "tokenizer-report":
+            print(json.dumps(tokenizer_report(a.config, a.tokenizer), indent=2))
+            return 0
         if a.what == "tokenizer":
             path = train_tokenizer(a.config, a.out, a.steps, a.batch, seed=a.seed)
         else:
