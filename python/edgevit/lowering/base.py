@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
@@ -26,24 +27,140 @@ if TYPE_CHECKING:
     from ..runtime.base import Runner
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# Tensor dtypes an artifact input may have; each backend lists the ones it supports (``Backend.dtypes``).
+DTYPES = ("float32", "int32", "int64")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """One static artifact input (or, in manifests, output): ``name`` (an identifier), ``shape`` (positive
+    ints) and ``dtype`` (one of :data:`DTYPES`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise EdgevitError(f"I/O name {self.name!r} must be an identifier (letters, digits, '_')")
+        shape = tuple(self.shape) if isinstance(self.shape, Sequence) else ()
+        if not shape or not all(isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise EdgevitError(f"I/O {self.name!r}: shape must be positive ints, got {self.shape!r}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+        if self.dtype not in DTYPES:
+            raise EdgevitError(f"I/O {self.name!r}: dtype {self.dtype!r} is not supported; choose one of {DTYPES}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> IOSpec:
+        """From a manifest entry ``{"name", "shape", "dtype", ...}`` (other keys, e.g. layout, ignored)."""
+        try:
+            return cls(str(data["name"]), tuple(data["shape"]), str(data.get("dtype", "float32")))
+        except (KeyError, TypeError) as exc:
+            raise EdgevitError(f"{where}: I/O entry {data!r} needs name, shape and dtype ({exc})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    def describe(self) -> str:
+        return f"{self.dtype} {self.shape}"
+
+    def matches(self, x: Any) -> bool:
+        return isinstance(x, np.ndarray) and x.dtype == np.dtype(self.dtype) and tuple(x.shape) == self.shape
+
+
+def got(x: Any) -> str:
+    """Short description of a value offered as an array, for error messages."""
+    return f"{type(x).__name__} {getattr(x, 'dtype', '?')} {tuple(getattr(x, 'shape', ()))}"
+
+
+def _unique(names: Sequence[str], what: str) -> None:
+    dup = sorted({n for n in names if list(names).count(n) > 1})
+    if dup:
+        raise EdgevitError(f"{what} names must be unique (ONNX and LiteRT address I/O by name), repeated: {dup}")
 
 
 @dataclass
 class ExportRequest:
     """What to lower.
 
-    ``model``: float32 eval-mode module mapping float32 ``input_shape`` (1×3×H×W, normalised) to logits,
-    already rewritten by :func:`edgevit.lowering.rewrite.export_friendly`.
-    ``calibration``: real pre-processed images (each float32 1×3×H×W) for int8; never random tensors.
+    ``model``: eval-mode module whose ``forward`` takes the ``inputs`` positionally (tensors of their
+    shapes and dtypes) and returns one tensor or a tuple of tensors, one per name in ``outputs`` (in order),
+    already rewritten by :func:`edgevit.lowering.rewrite.export_friendly` where it applies.
+
+    Single image (segmentation, super-resolution): ``ExportRequest(model, (1, 3, H, W), precision, out)``:
+    ``input_shape`` is shorthand for ``inputs=(IOSpec("image", input_shape),)`` and ``outputs`` defaults to
+    ``("logits",)``. Several inputs or outputs: :meth:`multi` (``input_shape`` then stays None).
+
+    ``calibration``: for int8, real samples, never random tensors: one tuple of arrays per sample, aligned
+    with ``inputs`` (a bare array is accepted for a single input), e.g. pre-processed photos 1×3×H×W.
     ``keep_float``: qualified module names (``model.named_modules()``) to leave un-quantized.
     """
 
     model: nn.Module
-    input_shape: tuple[int, int, int, int]
+    input_shape: tuple[int, ...] | None
     precision: str
     out_path: Path
-    calibration: list[np.ndarray] | None = None
+    calibration: list[tuple[np.ndarray, ...]] | list[np.ndarray] | None = None
     keep_float: tuple[str, ...] = ()
+    inputs: tuple[IOSpec, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.inputs:
+            if self.input_shape is not None:
+                raise EdgevitError("ExportRequest: pass input_shape (one image input) or inputs, not both")
+            if not all(isinstance(s, IOSpec) for s in self.inputs):
+                raise EdgevitError(f"ExportRequest.inputs must be IOSpec values, got {list(self.inputs)!r}")
+            self.inputs = tuple(self.inputs)
+            if not self.outputs:
+                raise EdgevitError("ExportRequest: name the model's outputs (outputs=(...)) when inputs are given")
+        else:
+            shape = tuple(self.input_shape) if isinstance(self.input_shape, Sequence) else ()
+            if len(shape) != 4 or not all(isinstance(d, int | np.integer) and d > 0 for d in shape):
+                raise EdgevitError(f"input_shape must be 4 positive ints (N, C, H, W) for one image input, got "
+                                   f"{self.input_shape!r}; use ExportRequest.multi for other inputs")
+            self.inputs = (IOSpec("image", shape),)
+        self.outputs = tuple(self.outputs) or ("logits",)
+        if not all(isinstance(n, str) and _NAME.fullmatch(n) for n in self.outputs):
+            raise EdgevitError(f"ExportRequest.outputs must be identifiers, got {list(self.outputs)!r}")
+        _unique([s.name for s in self.inputs] + list(self.outputs), "input and output")
+        self.input_shape = self.inputs[0].shape if len(self.inputs) == 1 else None
+        self.keep_float = tuple(self.keep_float)
+
+    @classmethod
+    def multi(cls, model: nn.Module, inputs: Sequence[IOSpec], outputs: Sequence[str], precision: str,
+              out_path: Path, calibration: list[tuple[np.ndarray, ...]] | None = None,
+              keep_float: Sequence[str] = ()) -> ExportRequest:
+        """A request with named ``inputs`` (forward's positional arguments) and ``outputs`` (its results)."""
+        return cls(model, None, precision, Path(out_path), calibration, tuple(keep_float), tuple(inputs),
+                   tuple(outputs))
+
+    def example_inputs(self) -> tuple[Any, ...]:
+        """Example tensors for tracing: the first calibration sample when there is one, else zeros."""
+        import torch
+
+        if self.calibration:
+            return tuple(torch.from_numpy(np.ascontiguousarray(x))
+                         for x in check_calibration(self.calibration[:1], self.inputs, "export"))
+        return tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in self.inputs)
+
+
+def check_dtypes(request: ExportRequest, backend: str, dtypes: Sequence[str]) -> None:
+    """Refuse inputs whose dtype ``backend`` cannot take."""
+    for spec in request.inputs:
+        if spec.dtype not in dtypes:
+            raise EdgevitError(f"{backend}: input {spec.name!r} is {spec.dtype}; this backend takes "
+                               f"{', '.join(dtypes)} inputs (declare integer inputs int32 for it)")
+
+
+def flat_outputs(y: Any, names: Sequence[str], what: str) -> tuple[Any, ...]:
+    """A forward's result as a tuple with one tensor per name in ``names`` (count checked)."""
+    ys = tuple(y) if isinstance(y, tuple | list) else (y,)
+    if len(ys) != len(names):
+        raise EdgevitError(f"{what}: the model returns {len(ys)} output(s) but the request names {len(names)} "
+                           f"({', '.join(names)}); set ExportRequest outputs to one name per returned tensor")
+    return ys
 
 
 @dataclass
@@ -58,6 +175,7 @@ class Backend(Protocol):
     name: str  # manifest "format": pte | tflite | onnx | engine
     extension: str  # artifact file suffix, e.g. ".pte"
     precisions: tuple[str, ...]
+    dtypes: tuple[str, ...]  # input dtypes it takes (float32 always)
     extra: str  # pip extra that installs the toolchain
 
     def export(self, request: ExportRequest) -> ExportResult: ...
@@ -65,21 +183,31 @@ class Backend(Protocol):
     def load(self, artifact: Path, manifest: Manifest, threads: int | None = None) -> Runner: ...
 
 
-def check_calibration(calibration: Sequence[np.ndarray] | None, input_shape: Sequence[int],
-                      backend: str) -> list[np.ndarray]:
-    """The calibration images of an int8 request, validated: real pre-processed images, float32 of the
-    artifact's input shape, finite. ``backend`` names the caller in the error message."""
+def check_calibration(calibration: Sequence[Any] | None, inputs: Sequence[IOSpec] | Sequence[int],
+                      backend: str) -> list[tuple[np.ndarray, ...]]:
+    """The calibration samples of an int8 request, validated against ``inputs`` (specs, or one float32
+    input's shape): one tuple of arrays per sample in input order (a bare array for a single input), each
+    of its spec's dtype and shape, floats finite. Returns tuples. ``backend`` names the caller in errors."""
+    specs = tuple(inputs) if inputs and isinstance(inputs[0], IOSpec) else (IOSpec("image", tuple(inputs)),)
     if not calibration:
-        raise EdgevitError(f"int8 {backend} export needs calibration images (ExportRequest.calibration): real "
-                           "pre-processed images, float32 of the input shape, never random tensors; pass --calib DIR")
-    shape = tuple(input_shape)
-    for i, x in enumerate(calibration):
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != shape:
-            got = f"{type(x).__name__} {getattr(x, 'dtype', '?')} {tuple(getattr(x, 'shape', ()))}"
-            raise EdgevitError(f"calibration[{i}]: expected a float32 {shape} pre-processed image, got {got}")
-        if not np.all(np.isfinite(x)):
-            raise EdgevitError(f"calibration[{i}]: contains NaN or infinity")
-    return list(calibration)
+        what = "images" if len(specs) == 1 else "samples (one tuple of real inputs per sample)"
+        raise EdgevitError(f"int8 {backend} export needs calibration {what} (ExportRequest.calibration): real "
+                           "pre-processed data of the input shapes, never random tensors; pass --calib DIR")
+    samples = []
+    for i, sample in enumerate(calibration):
+        xs = tuple(sample) if isinstance(sample, tuple | list) else (sample,)
+        if len(xs) != len(specs):
+            raise EdgevitError(f"calibration[{i}]: expected {len(specs)} arrays ({', '.join(s.name for s in specs)}), "
+                               f"got {len(xs)}")
+        for j, (x, spec) in enumerate(zip(xs, specs)):
+            at = f"calibration[{i}]" if len(specs) == 1 else f"calibration[{i}][{j}] ({spec.name})"
+            if not spec.matches(x):
+                kind = " pre-processed image" if len(specs) == 1 else ""
+                raise EdgevitError(f"{at}: expected a {spec.dtype} {spec.shape}{kind}, got {got(x)}")
+            if spec.dtype == "float32" and not np.all(np.isfinite(x)):
+                raise EdgevitError(f"{at}: contains NaN or infinity")
+        samples.append(xs)
+    return samples
 
 
 def check_keep_float(model: nn.Module, names: Sequence[str]) -> list[str]:

@@ -1,8 +1,11 @@
 """ExecuTorch (``.pte``) backend: XNNPACK-delegated fp32 and int8 programs.
 
-Export: ``torch.export`` → (int8: PT2E with the XNNPACK quantizer, calibrated on real images) →
+Export: ``torch.export`` on the request's example inputs (a tuple, one tensor per named input) → (int8:
+PT2E with the XNNPACK quantizer, calibrated on real samples) →
 ``to_edge_transform_and_lower`` with the XNNPACK partitioner → ``.pte``. The model should already be
 rewritten by :func:`edgevit.lowering.rewrite.export_friendly`; then the whole graph is one XNNPACK delegate.
+Inputs may be float32, int32 or int64 (integer inputs feed ops XNNPACK leaves to the portable kernels unless
+the model casts them to float first; the delegation report says so); outputs come back in ``forward``'s order.
 
 int8 scheme: weights int8 symmetric per output channel, activations int8 affine per tensor (histogram
 observer) on conv / linear / add / cat outputs; ops the quantizer does not annotate (the LiteMLA attention
@@ -32,7 +35,7 @@ from torch import nn
 from .. import errors
 from ..errors import EdgevitError
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, check_calibration, check_keep_float
+from .base import ExportRequest, ExportResult, check_calibration, check_dtypes, check_keep_float, flat_outputs
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -56,12 +59,12 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def _calibration_tensors(request: ExportRequest) -> list[torch.Tensor]:
-    """The calibration images as tensors; int8 without real images of the input shape is refused."""
+def _calibration_tensors(request: ExportRequest) -> list[tuple[torch.Tensor, ...]]:
+    """The calibration samples as tuples of tensors; int8 without real samples of the input specs is refused."""
     if request.precision != "int8":
         return []
-    images = check_calibration(request.calibration, request.input_shape, "pte")
-    return [torch.from_numpy(np.ascontiguousarray(x)) for x in images]
+    samples = check_calibration(request.calibration, request.inputs, "pte")
+    return [tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in xs) for xs in samples]
 
 
 def _covered(path: str, names: Sequence[str]) -> bool:
@@ -165,16 +168,17 @@ def _delegation_report(edge) -> dict[str, Any]:
     }
 
 
-def _torch_export(model: nn.Module, example: torch.Tensor):
+def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]):
     try:
-        return torch.export.export(model, (example,))
+        return torch.export.export(model, example)
     except Exception as exc:  # torch.export raises many types; the first line says what failed
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise EdgevitError(f"pte: torch.export failed for input {tuple(example.shape)} ({type(exc).__name__}: "
+        shapes = ", ".join(str(tuple(x.shape)) for x in example)
+        raise EdgevitError(f"pte: torch.export failed for input {shapes} ({type(exc).__name__}: "
                            f"{first}); export the model rewritten by export_friendly for this input size") from exc
 
 
-def _quantize(model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor],
+def _quantize(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: list[tuple[torch.Tensor, ...]],
               keep_float: Sequence[str]) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     xq = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 export")
     pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 export")
@@ -187,8 +191,8 @@ def _quantize(model: nn.Module, example: torch.Tensor, calibration: list[torch.T
     graph = _torch_export(model, example).module()
     prepared = pt2e.prepare_pt2e(graph, quantizer)
     with torch.no_grad():
-        for x in calibration:
-            prepared(x)
+        for xs in calibration:
+            prepared(*xs)
     converted = pt2e.convert_pt2e(prepared)
     report = _quantization_report(converted, keep_float)
     report["calibration_images"] = len(calibration)
@@ -201,12 +205,14 @@ class ExecuTorchBackend:
     name = "pte"
     extension = ".pte"
     precisions = ("fp32", "int8")
+    dtypes = ("float32", "int32", "int64")
     extra = EXTRA
 
     def export(self, request: ExportRequest) -> ExportResult:
         if request.precision not in self.precisions:
             raise EdgevitError(f"pte: precision {request.precision!r} is not supported; "
                                f"choose one of {self.precisions}")
+        check_dtypes(request, "pte", self.dtypes)
         calibration = _calibration_tensors(request)
         exir = _require("executorch.exir", "ExecuTorch export")
         partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
@@ -215,13 +221,14 @@ class ExecuTorchBackend:
         notes: list[str] = []
 
         model = request.model.eval()
-        example = calibration[0] if calibration else torch.zeros(request.input_shape)
+        example = calibration[0] if calibration else request.example_inputs()
         quant = None
         if request.precision == "int8":
             model, quant = _quantize(model, example, calibration, request.keep_float)
         elif request.keep_float:
             notes.append("keep_float ignored: fp32 export keeps every module in float")
         program = _torch_export(model, example)
+        flat_outputs(tuple(program.graph_signature.user_outputs), request.outputs, "pte")
         edge = exir.to_edge_transform_and_lower(program, partitioner=[partitioner.XnnpackPartitioner()])
         delegation = _delegation_report(edge)
         if delegation["non_delegated_compute_nodes"]:
@@ -294,7 +301,7 @@ class ExecuTorchRunner(CheckedRunner):
         super().__init__(manifest, Path(artifact), time.perf_counter() - start)
         _LIVE.add(self)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         # The bindings copy tensors with torch ops; with torch's OpenMP pool at >1 thread those copies wake
         # its workers, which then spin next to XNNPACK's threads (measured: int8 B0 512x1024 40 -> 27 ms on
         # 2 cores). One torch thread for the duration of the call avoids that; restoring costs < 1 us.
@@ -302,8 +309,8 @@ class ExecuTorchRunner(CheckedRunner):
         if torch_threads != 1:
             torch.set_num_threads(1)
         try:
-            outputs = self._method.execute([torch.from_numpy(x)])
-            return outputs[0].detach().numpy().astype(np.float32, copy=True)
+            outputs = self._method.execute([torch.from_numpy(x) for x in xs])
+            return [y.detach().numpy().copy() for y in outputs]
         finally:
             if torch_threads != 1:
                 torch.set_num_threads(torch_threads)

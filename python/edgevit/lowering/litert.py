@@ -1,7 +1,12 @@
 """LiteRT (TFLite) backend: ``.tflite`` flatbuffers from litert-torch, run by the LiteRT interpreter on CPU.
 
-Every precision keeps the artifact's I/O float32 NCHW (``1×3×H×W`` image in, ``1×C×H/8×W/8`` logits out);
-the transposes to the runtime's NHWC live inside the graph. The model is ``torch.export``-ed first and one
+Every precision keeps the artifact's I/O as the PyTorch model's: float32 NCHW (``1×3×H×W`` image in,
+``1×C×H/8×W/8`` logits out), int32 inputs as declared (int64 is refused: the converter makes such inputs
+int32); the transposes to the runtime's NHWC live
+inside the graph. Several inputs and outputs: litert-torch names the signature's inputs ``args_0``,
+``args_1``… (``forward``'s positional arguments) and its outputs ``output_0``, ``output_1``… (the returned
+tuple, in order); the runner maps the manifest's names onto them by position (recorded in the summary's
+``signature``). The model is ``torch.export``-ed first and one
 exact graph pass runs on every precision (:func:`zero_fill_pads`: a pad with a non-zero fill, LiteMLA's
 row of ones, becomes a zero pad plus a constant border).
 
@@ -21,9 +26,10 @@ int8
     ``QuantConfig(pt2e_quantizer=...)`` (static QDQ conversion). Then two flatbuffer passes
     (:func:`postprocess_int8`):
 
-    - float32 I/O: the converter folds the first QUANTIZE and the last DEQUANTIZE into an int8 input and
-      output. They are put back (QUANTIZE after a float32 input, DEQUANTIZE before a float32 output), so
-      the artifact takes and returns float32 like the others; XNNPACK runs both conversions.
+    - float32 I/O: the converter folds each input's first QUANTIZE and each output's last DEQUANTIZE into
+      int8 inputs and outputs. They are put back (QUANTIZE after a float32 input, DEQUANTIZE before a
+      float32 output, for every input and output), so the artifact takes and returns float32 like the
+      others; XNNPACK runs the conversions. Integer (int32 / int64) inputs are left as they are.
     - float activations (:data:`FLOAT_ISLAND_OPS`): the converter fuses DEQUANTIZE → hardswish / GELU →
       QUANTIZE into int8 HARD_SWISH / GELU, which the XNNPACK delegate does not take, so each one split
       the delegated graph (b0 at 512×1024: 26 partitions, 4.4× slower). Each becomes DEQUANTIZE →
@@ -64,7 +70,7 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, check_calibration, check_keep_float
+from .base import ExportRequest, ExportResult, IOSpec, check_calibration, check_dtypes, check_keep_float
 
 if TYPE_CHECKING:
     from torch import nn
@@ -111,9 +117,7 @@ def _check_request(request: ExportRequest) -> None:
     if request.precision not in LiteRTBackend.precisions:
         raise EdgevitError(f"tflite: precision {request.precision!r} is not supported; choose one of "
                            f"{LiteRTBackend.precisions}")
-    shape = tuple(request.input_shape)
-    if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise EdgevitError(f"tflite: input_shape must be (1, 3, H, W) with positive ints, got {request.input_shape!r}")
+    check_dtypes(request, "tflite", LiteRTBackend.dtypes)
     if Path(request.out_path).suffix != LiteRTBackend.extension:
         raise EdgevitError(f"{request.out_path}: a LiteRT artifact must end in {LiteRTBackend.extension}")
     if request.precision != "int8" and request.keep_float:
@@ -139,7 +143,7 @@ def _convert(model: Any, example: Any, what: str, **kwargs: Any) -> bytes:
     litert_torch = require("litert_torch", _EXTRA, "LiteRT export")
     try:
         with _quiet_progress():
-            return bytes(litert_torch.convert(model, (example,), **kwargs).model_content())
+            return bytes(litert_torch.convert(model, tuple(example), **kwargs).model_content())
     except EdgevitError:
         raise
     except Exception as exc:
@@ -147,12 +151,13 @@ def _convert(model: Any, example: Any, what: str, **kwargs: Any) -> bytes:
                            f"{_first_line(exc)}); run export_friendly() on the model first") from exc
 
 
-def export_fp32(model: nn.Module, input_shape: Sequence[int]) -> tuple[bytes, int]:
-    """``model`` (eval mode, float32) → fp32 ``.tflite`` bytes with a static float32 input of ``input_shape``,
-    and the number of pads :func:`zero_fill_pads` rewrote."""
+def export_fp32(model: nn.Module, inputs: Sequence[IOSpec] | Sequence[int]) -> tuple[bytes, int]:
+    """``model`` (eval mode, float32) → fp32 ``.tflite`` bytes with static inputs of ``inputs`` (specs, or one
+    float32 input's shape), and the number of pads :func:`zero_fill_pads` rewrote."""
     import torch
 
-    example = torch.zeros(tuple(input_shape), dtype=torch.float32)
+    specs = tuple(inputs) if isinstance(inputs[0], IOSpec) else (IOSpec("image", tuple(inputs)),)
+    example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
     graph, pads = _exported(model, example)
     return _convert(graph, example, "fp32"), pads
 
@@ -240,12 +245,12 @@ def zero_fill_pads(gm: Any) -> int:
     return count
 
 
-def _exported(model: nn.Module, example: Any) -> tuple[Any, int]:
-    """``torch.export`` graph module of ``model`` with :func:`zero_fill_pads` applied."""
+def _exported(model: nn.Module, example: tuple[Any, ...]) -> tuple[Any, int]:
+    """``torch.export`` graph module of ``model`` on the ``example`` inputs with :func:`zero_fill_pads` applied."""
     import torch
 
     try:
-        gm = torch.export.export(model.eval(), (example,)).module()
+        gm = torch.export.export(model.eval(), tuple(example)).module()
     except Exception as exc:
         raise EdgevitError(f"torch.export of {type(model).__name__} failed ({type(exc).__name__}: "
                            f"{_first_line(exc)}); run export_friendly() on the model first") from exc
@@ -331,15 +336,16 @@ def _make_quantizer(keep_float: Sequence[str]) -> Any:
     return EdgeQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
 
 
-def quantize_int8(model: nn.Module, calibration: Sequence[np.ndarray],
+def quantize_int8(model: nn.Module, calibration: Sequence[tuple[np.ndarray, ...]],
                   keep_float: Sequence[str] = ()) -> tuple[bytes, dict[str, Any]]:
-    """Full-integer int8 ``.tflite`` bytes (float32 I/O) calibrated on ``calibration``, and what was done."""
+    """Full-integer int8 ``.tflite`` bytes (float32 I/O) calibrated on ``calibration`` (one tuple of input
+    arrays per sample, as :func:`~edgevit.lowering.base.check_calibration` returns), and what was done."""
     import torch
 
     require("litert_torch", _EXTRA, "int8 LiteRT export")
     pt2e = require("torchao.quantization.pt2e.quantize_pt2e", _EXTRA, "int8 LiteRT export")
     QuantConfig = require("litert_torch.quantize.quant_config", _EXTRA, "int8 LiteRT export").QuantConfig
-    example = torch.from_numpy(calibration[0])
+    example = tuple(torch.from_numpy(x) for x in calibration[0])
     quantizer = _make_quantizer(keep_float)
     graph, pads = _exported(model, example)
     try:
@@ -357,8 +363,8 @@ def quantize_int8(model: nn.Module, calibration: Sequence[np.ndarray],
             raise EdgevitError(f"keep_float: no graph node came from module(s) {missing} (they compute nothing "
                                "after export); name the module that holds the computation")
     with torch.no_grad():
-        for x in calibration:
-            prepared(torch.from_numpy(x))
+        for xs in calibration:
+            prepared(*(torch.from_numpy(x) for x in xs))
     converted = pt2e.convert_pt2e(prepared, fold_quantize=False)
     for m in converted.modules():
         m.training = False
@@ -370,8 +376,8 @@ def quantize_int8(model: nn.Module, calibration: Sequence[np.ndarray],
         "activations": "int8 affine per tensor, HistogramObserver ranges from the calibration images",
         "float_ops": "linear attention (BATCH_MATMUL, ReLU, ones-row and eps additions, division) and "
                      "hardswish / GELU, between DEQUANTIZE and QUANTIZE; see delegation.compute_ops",
-        "io": "float32 input and output; QUANTIZE / DEQUANTIZE inside the graph",
-        "calibration_images": len(calibration),
+        "io": "float32 inputs and outputs; QUANTIZE / DEQUANTIZE inside the graph",
+        "calibration_images": len(calibration),  # samples (tuples) for several inputs
         "keep_float": list(keep_float),
         "keep_float_nodes": dict(kept_nodes),
         "graph_edits": {"zero_fill_pads": pads, **edits},
@@ -515,11 +521,31 @@ def _compute_dtype(op: dict[str, Any]) -> str:
     return types[0] if types else "none"
 
 
+def _by_position(details: dict[str, dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """Signature tensor details in ``forward`` order: ``args_0, args_1, …`` (numerically, not as strings)."""
+    def key(name: str) -> tuple[int, int | str]:
+        tail = name[len(prefix):]
+        return (0, int(tail)) if name.startswith(prefix) and tail.isdigit() else (1, name)
+
+    return [{**details[name], "signature_name": name} for name in sorted(details, key=key)]
+
+
+def signature_io(interp: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Input and output tensor details of the model's signature, in ``forward`` order (litert-torch names
+    them ``args_<i>`` and ``output_<i>``); a model without a signature gives the interpreter's own order."""
+    if not interp.get_signature_list():
+        return interp.get_input_details(), interp.get_output_details()
+    runner = interp.get_signature_runner()
+    return _by_position(runner.get_input_details(), "args_"), _by_position(runner.get_output_details(), "output_")
+
+
 def graph_summary(source: str | Path | bytes, threads: int = 1) -> dict[str, Any]:
     """Op histogram, int8 vs float32 compute ops and the XNNPACK partitioning of a ``.tflite``."""
     interp = _interpreter(source, threads)
     interp.allocate_tensors()
     graph, delegates, left = _partition(interp)
+    ins, outs = ([{**d, "signature_name": d.get("signature_name", d["name"])} for d in group]
+                 for group in signature_io(interp))
     hist = Counter(o["op_name"] for o in graph)
     compute = Counter(f"{o['op_name']}:{_compute_dtype(o)}" for o in graph if o["op_name"] not in _MOVEMENT_OPS)
     by_dtype = Counter(_compute_dtype(o) for o in graph if o["op_name"] not in _MOVEMENT_OPS)
@@ -538,9 +564,15 @@ def graph_summary(source: str | Path | bytes, threads: int = 1) -> dict[str, Any
         "quantize_ops": hist.get("QUANTIZE", 0),
         "dequantize_ops": hist.get("DEQUANTIZE", 0),
         "resize_ops": {op: hist.get(op, 0) for op in RESIZE_OPS},
-        "io_dtypes": {"input": np.dtype(interp.get_input_details()[0]["dtype"]).name,
-                      "output": np.dtype(interp.get_output_details()[0]["dtype"]).name},
+        # dtypes of all inputs / all outputs (comma-joined when they differ); per tensor in "signature"
+        "io_dtypes": {"input": _dtypes(ins), "output": _dtypes(outs)},
+        "signature": {"inputs": {d["signature_name"]: np.dtype(d["dtype"]).name for d in ins},
+                      "outputs": {d["signature_name"]: np.dtype(d["dtype"]).name for d in outs}},
     }
+
+
+def _dtypes(details: list[dict[str, Any]]) -> str:
+    return ",".join(dict.fromkeys(np.dtype(d["dtype"]).name for d in details))
 
 
 # --- runner ------------------------------------------------------------------------------------
@@ -554,7 +586,8 @@ def _check_threads(threads: int | None) -> int:
 
 class LiteRTRunner(CheckedRunner):
     """A ``.tflite`` artifact on the LiteRT interpreter (XNNPACK delegate), ``threads`` CPU threads
-    (default: all cores). Float32 in, float32 out; an artifact with quantized I/O (not produced by edgevit)
+    (default: all cores). The manifest's inputs and outputs map by position onto the signature's ``args_<i>``
+    and ``output_<i>``. Float32 in, float32 out; an artifact with quantized I/O (not produced by edgevit)
     is fed and read through its tensors' scale and zero point."""
 
     def __init__(self, artifact: Path, manifest: Manifest, threads: int | None = None):
@@ -573,17 +606,17 @@ class LiteRTRunner(CheckedRunner):
                                "re-export the artifact") from exc
         super().__init__(manifest, Path(artifact), time.perf_counter() - start)
         self.interpreter = interp
-        ins, outs = interp.get_input_details(), interp.get_output_details()
-        if len(ins) != 1 or len(outs) != 1:
-            raise EdgevitError(f"{artifact}: expected one input and one output, found {len(ins)} and {len(outs)}")
-        self._in, self._out = ins[0], outs[0]
-        if tuple(int(d) for d in self._in["shape"]) != self.input_shape:
-            raise EdgevitError(f"{artifact}: graph input shape {tuple(self._in['shape'])} differs from the "
-                               f"manifest's {self.input_shape}; re-export the artifact")
-        want = tuple(int(d) for d in manifest.outputs[0]["shape"]) if manifest.outputs else None
-        if want is not None and tuple(int(d) for d in self._out["shape"]) != want:
-            raise EdgevitError(f"{artifact}: graph output shape {tuple(self._out['shape'])} differs from the "
-                               f"manifest's {want}; re-export the artifact")
+        ins, outs = signature_io(interp)
+        for kind, specs, details in (("input", self.inputs, ins), ("output", self.outputs, outs)):
+            if specs and len(specs) != len(details):
+                raise EdgevitError(f"{artifact}: the graph has {len(details)} {kind}s, the manifest lists "
+                                   f"{len(specs)} ({', '.join(s.name for s in specs)}); re-export the artifact")
+            for spec, d in zip(specs, details):
+                if tuple(int(v) for v in d["shape"]) != spec.shape:
+                    raise EdgevitError(f"{artifact}: graph {kind} {d.get('signature_name', d['name'])} ({spec.name}) "
+                                       f"shape {tuple(int(v) for v in d['shape'])} differs from the manifest's "
+                                       f"{spec.shape}; re-export the artifact")
+        self._in, self._out = ins, outs
 
     @staticmethod
     def _affine(detail: dict[str, Any]) -> tuple[float, int]:
@@ -592,35 +625,61 @@ class LiteRTRunner(CheckedRunner):
             raise EdgevitError(f"tensor {detail['name']} is {np.dtype(detail['dtype']).name} without a scale")
         return float(scale), int(zero)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._in["dtype"])
-        if dtype != np.float32:
-            scale, zero = self._affine(self._in)
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
-        self.interpreter.set_tensor(self._in["index"], x)
-        self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self._out["index"])
-        if y.dtype != np.float32:
-            scale, zero = self._affine(self._out)
-            y = (y.astype(np.float32) - zero) * np.float32(scale)
-        return y
+    def _run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        interp = self.interpreter
+        for x, detail in zip(xs, self._in):
+            dtype = np.dtype(detail["dtype"])
+            if dtype != x.dtype and x.dtype == np.float32:  # quantized input (artifact not made by edgevit)
+                scale, zero = self._affine(detail)
+                info = np.iinfo(dtype)
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+            interp.set_tensor(detail["index"], x)
+        interp.invoke()
+        ys = []
+        for detail in self._out:
+            y = interp.get_tensor(detail["index"])
+            if y.dtype in (np.int8, np.uint8, np.int16):  # quantized output: back to float32
+                scale, zero = self._affine(detail)
+                y = (y.astype(np.float32) - zero) * np.float32(scale)
+            ys.append(y)
+        return ys
 
 
 # --- backend -----------------------------------------------------------------------------------
+def _check_signature(signature: dict[str, dict[str, str]], request: ExportRequest) -> dict[str, str]:
+    """Check the converted signature against the request (counts, input dtypes, no quantized outputs) and
+    return the mapping ``{our name: signature name}`` (``image`` → ``args_0``, ``logits`` → ``output_0``)."""
+    ins, outs = list(signature["inputs"].items()), list(signature["outputs"].items())
+    if len(outs) != len(request.outputs):
+        raise EdgevitError(f"tflite: the model returns {len(outs)} output(s) but the request names "
+                           f"{len(request.outputs)} ({', '.join(request.outputs)}); name one per returned tensor")
+    if len(ins) != len(request.inputs):
+        raise EdgevitError(f"tflite: the converted graph has {len(ins)} inputs, the request {len(request.inputs)} "
+                           "(an input the model does not use is dropped by the converter)")
+    for spec, (name, dtype) in zip(request.inputs, ins):
+        if dtype != spec.dtype:
+            raise EdgevitError(f"tflite: converted graph input {name} ({spec.name}) is {dtype}, expected {spec.dtype}")
+    for out, (name, dtype) in zip(request.outputs, outs):
+        if dtype in ("int8", "uint8", "int16"):
+            raise EdgevitError(f"tflite: converted graph output {name} ({out}) is {dtype}, expected float32 I/O")
+    return {**{spec.name: n for spec, (n, _) in zip(request.inputs, ins)},
+            **{out: n for out, (n, _) in zip(request.outputs, outs)}}
+
+
 class LiteRTBackend:
     """``.tflite`` artifacts at fp32, fp16 (weights) and int8 (full integer, float32 I/O)."""
 
     name = "tflite"
     extension = ".tflite"
     precisions = ("fp32", "fp16", "int8")
+    dtypes = ("float32", "int32")  # the converter turns int64 inputs into int32 ones: declare them int32
     extra = _EXTRA
 
     def export(self, request: ExportRequest) -> ExportResult:
         _check_request(request)
         model = request.model.eval()
         if request.precision == "int8":
-            calibration = check_calibration(request.calibration, request.input_shape, "LiteRT")
+            calibration = check_calibration(request.calibration, request.inputs, "LiteRT")
             keep = check_keep_float(model, request.keep_float)
         versions = tool_versions()
         notes: list[str] = []
@@ -636,7 +695,7 @@ class LiteRTBackend:
                 notes.append(f"int8: {islands} activation(s) run in float32 between DEQUANTIZE/QUANTIZE (same "
                              "scales): XNNPACK does not delegate them in int8 and each would split the graph")
         else:
-            content, pads = export_fp32(model, request.input_shape)
+            content, pads = export_fp32(model, request.inputs)
             if request.precision == "fp16":
                 content = fp16_weights(content)
                 quant = {"scheme": "float16 weights (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) behind "
@@ -651,8 +710,7 @@ class LiteRTBackend:
         if any(summary["resize_ops"].values()):
             raise EdgevitError(f"tflite: the converted graph contains {summary['resize_ops']}: a resize was "
                                "substituted for bicubic upsampling; run export_friendly() on the model first")
-        if summary["io_dtypes"] != {"input": "float32", "output": "float32"}:
-            raise EdgevitError(f"tflite: converted graph has {summary['io_dtypes']} I/O, expected float32")
+        summary["io_names"] = _check_signature(summary["signature"], request)
         if summary["non_delegated_nodes"]:
             notes.append(f"XNNPACK leaves {summary['non_delegated_nodes']} node(s) to the builtin kernels "
                          f"({summary['non_delegated_ops']}), splitting the graph into "

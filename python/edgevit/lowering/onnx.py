@@ -1,18 +1,22 @@
 """ONNX backend: fp32 graphs from the torch.onnx dynamo exporter and symmetric int8 QDQ graphs for TensorRT.
 
-fp32: ``torch.onnx.export(..., dynamo=True)`` at opset :data:`OPSET` with a static input shape, input
-``image``, output ``logits``, checked with ``onnx.checker`` (full check). Batch norms are folded into the
+fp32: ``torch.onnx.export(..., dynamo=True)`` at opset :data:`OPSET` with static input shapes, the graph's
+inputs and outputs named as the request's (segmentation: input ``image``, output ``logits``; inputs may be
+float32, int32 or int64), checked with ``onnx.checker`` (full check) and against every input spec. Batch norms are folded into the
 convolutions by the exporter's optimizer.
 
 int8: the fp32 graph quantized by ``onnxruntime.quantization.quantize_static`` in QDQ form, calibrated
-(MinMax) on real pre-processed images: weights int8 symmetric per output channel, activations int8
+(MinMax) on real pre-processed samples (one feed dict per sample, every input named): weights int8 symmetric per output channel, activations int8
 symmetric per tensor (every zero point 0), biases left in float (TensorRT's ONNX parser rejects the int32
 bias DequantizeLinear onnxruntime would otherwise insert; onnxruntime quantizes float biases itself when it
 fuses a QDQ Conv). Products of two activations (``MatMul`` with no constant operand: the LiteMLA attention
 ``kᵀv`` and ``q(kᵀv)``) are excluded from quantization, so their outputs are never re-quantized (their
 inputs may still arrive through a neighbour's Q/DQ pair): with int8 attention products the trained B0-VOC
 checkpoint fell to 85% pixel agreement with float on VOC photos, and without them reached 98.3% (mIoU drop
-0.0). That is TensorRT's explicit-quantization format: TensorRT builds int8 engines from it
+0.0). Softmax outputs (attention probabilities, e.g. the SAM decoder's) are not re-quantized for the same
+reason (the two-input attention toy of tests/test_lowering_multiio.py: held-out cosine to float of its
+scores 0.965 with int8 probabilities, 0.999 without). That is
+TensorRT's explicit-quantization format: TensorRT builds int8 engines from it
 without a calibrator, and onnxruntime runs it on CPU.
 
 ``keep_float`` module names map to ONNX nodes through what the exporter records on every node: the
@@ -43,13 +47,16 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, check_calibration, check_keep_float
+from .base import ExportRequest, ExportResult, IOSpec, check_calibration, check_dtypes, check_keep_float
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
 
 OPSET = 18  # the dynamo exporter's native opset: converting down drops the node metadata keep_float needs
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+INPUT_NAME, OUTPUT_NAME = "image", "logits"  # the single-image request's names
+# ONNX TensorProto element type -> our dtype name (onnx.TensorProto.FLOAT, INT32, INT64)
+_ELEM_TYPES = {1: "float32", 6: "int32", 7: "int64"}
+_ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _DROPPED_METADATA = ("pkg.torch.onnx.stack_trace",)  # absolute source paths of the exporting machine
 _EXTRA = "onnx"
@@ -84,17 +91,26 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 # --- fp32 export -------------------------------------------------------------------------------
-def export_fp32(model: Any, input_shape: tuple[int, int, int, int]) -> Any:
-    """``model`` (eval mode) → checked ``onnx.ModelProto`` with static input ``image`` of ``input_shape``."""
+def _specs(inputs: Sequence[IOSpec] | Sequence[int]) -> tuple[IOSpec, ...]:
+    """IOSpecs as given, or the single float32 ``image`` input of a shape."""
+    return tuple(inputs) if isinstance(inputs[0], IOSpec) else (IOSpec(INPUT_NAME, tuple(inputs)),)
+
+
+def export_fp32(model: Any, inputs: Sequence[IOSpec] | Sequence[int],
+                outputs: Sequence[str] = (OUTPUT_NAME,)) -> Any:
+    """``model`` (eval mode) → checked ``onnx.ModelProto`` with static ``inputs`` (specs, or the shape of one
+    float32 ``image``) and outputs named ``outputs`` in ``forward``'s order."""
     import torch
 
     require("onnx", _EXTRA, "ONNX export")
     require("onnxscript", _EXTRA, "ONNX export")
-    example = torch.zeros(input_shape, dtype=torch.float32)
+    specs = _specs(inputs)
+    example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in specs)
     try:
         with _quiet_exporter():
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], external_data=False, verbose=False)
+            program = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET,
+                                        input_names=[s.name for s in specs], output_names=list(outputs),
+                                        external_data=False, verbose=False)
     except Exception as exc:
         raise EdgevitError(f"ONNX export of {type(model).__name__} failed ({type(exc).__name__}: "
                            f"{_first_line(exc)}); run export_friendly() on the model first") from exc
@@ -103,24 +119,47 @@ def export_fp32(model: Any, input_shape: tuple[int, int, int, int]) -> Any:
         keep = [p for p in node.metadata_props if p.key not in _DROPPED_METADATA]
         del node.metadata_props[:]
         node.metadata_props.extend(keep)
-    check_graph(proto, input_shape)
+    check_graph(proto, specs, outputs)
     return proto
 
 
-def check_graph(proto: Any, input_shape: Sequence[int]) -> None:
-    """``onnx.checker`` (full) plus the I/O contract: one static float input ``image``, output ``logits``."""
+def _dims(value: Any) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def graph_inputs(proto: Any) -> tuple[IOSpec, ...]:
+    """The graph's inputs as specs (static shapes and float32 / int32 / int64 only, else an error)."""
+    specs = []
+    for value in proto.graph.input:
+        dims, elem = _dims(value), value.type.tensor_type.elem_type
+        if elem not in _ELEM_TYPES or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise EdgevitError(f"ONNX input {value.name!r} ({dims}, element type {elem}) is not a static "
+                               f"{'/'.join(_ELEM_TYPES.values())} tensor; edgevit exports static shapes")
+        specs.append(IOSpec(value.name, tuple(dims), _ELEM_TYPES[elem]))
+    return tuple(specs)
+
+
+def check_graph(proto: Any, inputs: Sequence[IOSpec] | Sequence[int],
+                outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
+    """``onnx.checker`` (full) plus the I/O contract: the static ``inputs`` (specs, or the shape of one float32
+    ``image``) in order with their dtypes, and ``outputs`` by name in order."""
     onnx = require("onnx", _EXTRA, "ONNX export")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise EdgevitError(f"exported ONNX graph fails onnx.checker ({_first_line(exc)})") from exc
-    inputs, outputs = proto.graph.input, proto.graph.output
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
-        raise EdgevitError(f"exported ONNX graph has inputs {[i.name for i in inputs]} and outputs "
-                           f"{[o.name for o in outputs]}; expected ['{INPUT_NAME}'] and ['{OUTPUT_NAME}']")
-    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
-    if dims != list(input_shape):
-        raise EdgevitError(f"exported ONNX input '{INPUT_NAME}' has shape {dims}, expected static {list(input_shape)}")
+    specs = _specs(inputs)
+    ins, outs = proto.graph.input, proto.graph.output
+    want_in, want_out = [s.name for s in specs], list(outputs)
+    if [i.name for i in ins] != want_in or [o.name for o in outs] != want_out:
+        raise EdgevitError(f"exported ONNX graph has inputs {[i.name for i in ins]} and outputs "
+                           f"{[o.name for o in outs]}; expected {want_in} and {want_out} (one output name per "
+                           "returned tensor, every input used by the model)")
+    for spec, value in zip(specs, ins):
+        dims, elem = _dims(value), _ELEM_TYPES.get(value.type.tensor_type.elem_type, "other")
+        if dims != list(spec.shape) or elem != spec.dtype:
+            raise EdgevitError(f"exported ONNX input {spec.name!r} is {elem} {dims}, expected static "
+                               f"{spec.dtype} {list(spec.shape)}")
 
 
 # --- keep_float: modules -> ONNX nodes -----------------------------------------------------------
@@ -188,28 +227,34 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(quiet)
 
 
-def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray],
+def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[Any],
                  exclude_nodes: Sequence[str] = ()) -> list[str]:
     """Quantize the fp32 ONNX file at ``fp32_path`` to symmetric int8 QDQ at ``out_path`` (written atomically).
 
-    ``exclude_nodes`` and every :func:`activation_matmuls` node stay float; returns the latter's names.
+    ``calibration``: one tuple of arrays per sample in the graph's input order (a bare array for a single
+    input). ``exclude_nodes``, every :func:`activation_matmuls` node and every Softmax stay float; returns the
+    :func:`activation_matmuls` names.
     """
     onnx = require("onnx", _EXTRA, "int8 ONNX quantization")
     quant = require("onnxruntime.quantization", _EXTRA, "int8 ONNX quantization")
     proto = onnx.load(str(fp32_path))
-    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    data = check_calibration(calibration, dims, "ONNX")
-    name = proto.graph.input[0].name
+    specs = graph_inputs(proto)
+    outputs = [o.name for o in proto.graph.output]
+    data = check_calibration(calibration, specs, "ONNX")
+    names = [s.name for s in specs]
     float_matmuls = activation_matmuls(proto)
-    excluded = sorted(set(exclude_nodes) | set(float_matmuls))
+    # Softmax outputs (attention probabilities) are not re-quantized either: onnxruntime gives them the fixed
+    # range [0, 1], whose symmetric int8 step 1/127 rounds typical probabilities (about 1/tokens) to 0 or 1/127.
+    softmax = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
+    excluded = sorted(set(exclude_nodes) | set(float_matmuls) | set(softmax))
 
     class Reader(quant.CalibrationDataReader):
         def __init__(self) -> None:
             self.items = iter(data)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.items, None)
-            return None if x is None else {name: x}
+            xs = next(self.items, None)
+            return None if xs is None else dict(zip(names, xs))
 
     with tempfile.TemporaryDirectory(prefix="edgevit-qdq-") as tmp, _quiet_quantizer():
         out = Path(tmp) / "model.onnx"
@@ -223,7 +268,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
             raise EdgevitError(f"{fp32_path}: int8 QDQ quantization failed ({type(exc).__name__}: "
                                f"{_first_line(exc)})") from exc
         qproto = onnx.load(str(out))
-        check_graph(qproto, dims)
+        check_graph(qproto, specs, outputs)
         with io.atomic_write(out_path) as f:
             f.write(qproto.SerializeToString())
     return float_matmuls
@@ -274,20 +319,20 @@ class OnnxRunner(CheckedRunner):
         super().__init__(manifest, Path(artifact), time.perf_counter() - start)
         self.threads = threads
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        want_in, want_out = manifest.inputs[0]["name"], manifest.outputs[0]["name"]
-        shape = tuple(inputs[0].shape) if len(inputs) == 1 else None
-        if len(inputs) != 1 or inputs[0].name != want_in or shape != self.input_shape \
-                or inputs[0].type != "tensor(float)" or self.input_dtype != np.float32:
-            got = [(i.name, i.type, i.shape) for i in inputs]
-            raise EdgevitError(f"{artifact}: graph inputs {got} do not match the manifest's {want_in!r} "
-                               f"{self.input_dtype} {self.input_shape}; re-export the artifact")
-        if [o.name for o in outputs][:1] != [want_out]:
-            raise EdgevitError(f"{artifact}: graph outputs {[o.name for o in outputs]} do not match the "
-                               f"manifest's {want_out!r}; re-export the artifact")
-        self.input_name, self.output_name = want_in, want_out
+        have = [(i.name, i.type, tuple(i.shape)) for i in inputs]
+        want = [(s.name, _ORT_TYPES[s.dtype], s.shape) for s in self.inputs]
+        if have != want:
+            raise EdgevitError(f"{artifact}: graph inputs {have} do not match the manifest's {want}; "
+                               "re-export the artifact")
+        names = [o.name for o in outputs]
+        if self.outputs and names != list(self.output_names):
+            raise EdgevitError(f"{artifact}: graph outputs {names} do not match the manifest's "
+                               f"{list(self.output_names)}; re-export the artifact")
+        self.input_name, self.output_name = self.input_names[0], names[0]
+        self._output_order = names
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+    def _run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self._output_order, dict(zip(self.input_names, xs)))
 
 
 # --- backend -----------------------------------------------------------------------------------
@@ -295,9 +340,7 @@ def _check_request(request: ExportRequest, precisions: tuple[str, ...]) -> None:
     if request.precision not in precisions:
         raise EdgevitError(f"the onnx backend exports {', '.join(precisions)}, not {request.precision!r}; "
                            "fp16 engines come from the fp32 ONNX via TensorRT (edgevit trt-build)")
-    shape = request.input_shape
-    if len(shape) != 4 or not all(isinstance(d, int | np.integer) and d > 0 for d in shape):
-        raise EdgevitError(f"input_shape must be 4 positive ints (N, 3, H, W), got {shape!r}")
+    check_dtypes(request, "onnx", OnnxBackend.dtypes)
     if request.model.training:
         raise EdgevitError("the model is in training mode; call model.eval() before export")
 
@@ -306,17 +349,18 @@ class OnnxBackend:
     name = "onnx"
     extension = ".onnx"
     precisions = ("fp32", "int8")
+    dtypes = ("float32", "int32", "int64")
     extra = _EXTRA
 
     def export(self, request: ExportRequest) -> ExportResult:
         _check_request(request, self.precisions)
-        shape = tuple(int(d) for d in request.input_shape)
         versions = tool_versions()
         if request.precision == "int8":
-            calibration = check_calibration(request.calibration, shape, "ONNX")
+            calibration = check_calibration(request.calibration, request.inputs, "ONNX")
             check_keep_float(request.model, request.keep_float)
-        proto = export_fp32(request.model, shape)
-        notes = [f"torch.onnx dynamo exporter, opset {OPSET}, static input {INPUT_NAME} {list(shape)}, "
+        proto = export_fp32(request.model, request.inputs, request.outputs)
+        static = ", ".join(f"{s.name} {list(s.shape)}" for s in request.inputs)
+        notes = [f"torch.onnx dynamo exporter, opset {OPSET}, static input {static}, "
                  "batch norms folded into convolutions"]
         out = Path(request.out_path)
         if request.precision == "fp32":
@@ -339,7 +383,8 @@ class OnnxBackend:
             "weights": "int8 symmetric, per output channel",
             "activations": "int8 symmetric, per tensor (zero point 0)",
             "biases": "float32 (not quantized)",
-            "float_ops": "MatMul of two activations (LiteMLA attention products): output not re-quantized",
+            "float_ops": "MatMul of two activations (LiteMLA attention products) and Softmax: outputs not "
+                         "re-quantized",
             "float_matmuls": len(float_matmuls),
             "calibration_method": "MinMax",
             "calibration_count": len(calibration),
