@@ -19,7 +19,11 @@ def test_photo_crops_split_and_range():
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
     kw = dict(batch=4, per_class=2, ckpt_every=1, log_every=1)
-    tok = train_tokenizer("hart-tiny", tmp_path / "tok", steps=2, **kw)
+    tok = train_tokenizer("hart-tiny", tmp_path / "tok", steps=3, **kw)
+    train_tokenizer("hart-tiny", tmp_path / "tok2", steps=1, **kw)
+    train_tokenizer("hart-tiny", tmp_path / "tok2", steps=3, **kw)  # resumes at step 1
+    for k, v in torch.load(tok, weights_only=True).items():
+        torch.testing.assert_close(v, torch.load(tmp_path / "tok2" / "tokenizer.pt", weights_only=True)[k], rtol=0, atol=0)
     train_teacher("hart-tiny", tok, tmp_path / "a", steps=4, **kw)
     train_teacher("hart-tiny", tok, tmp_path / "b", steps=2, **kw)
     train_teacher("hart-tiny", tok, tmp_path / "b", steps=4, **kw)  # resumes at step 2

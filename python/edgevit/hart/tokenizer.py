@@ -16,7 +16,6 @@ the small key map in :mod:`edgevit.hart.checkpoint`.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -295,12 +294,12 @@ class HybridTokenizer(nn.Module):
         """Images -> per-scale indices, discrete latent and continuous residual (for teacher forcing)."""
         return self.quantize.quantize(self.encode(images))
 
-    def forward(self, images: torch.Tensor, p_continuous: float = 0.5, rng: random.Random | None = None):
+    def forward(self, images: torch.Tensor, p_continuous: float = 0.5, generator: torch.Generator | None = None):
         """Training pass: returns (reconstruction N×3×H×W unclamped, vq_loss). With probability
         ``p_continuous`` the decoder sees the continuous latent, otherwise the discrete one
         (straight-through to the encoder either way), so it learns to decode both."""
         f = self.encode(images)
         q = self.quantize.quantize(f)
-        continuous = (rng or random).random() < p_continuous
+        continuous = bool(torch.rand((), generator=generator) < p_continuous)
         latent = f if continuous else (q.discrete - f).detach() + f
         return self.decoder(self.post_quant_conv(latent)), q.vq_loss

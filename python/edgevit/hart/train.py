@@ -144,13 +144,10 @@ def train_tokenizer(config: str | HartConfig, out: str | Path, steps: int = 3000
         model.tokenizer.quantize.embedding.weight.uniform_(-1.0 / v, 1.0 / v)
     images, labels = photo_crops(cfg.image_size, "train", per_class, seed)
     tok = model.tokenizer
-    import random
-
-    coin = random.Random(seed)
 
     def loss_fn(gen):
         x, _ = _batch(images, labels, batch, gen)
-        rec, vq = tok(x, p_continuous=0.5, rng=coin)
+        rec, vq = tok(x, p_continuous=0.5, generator=gen)
         rec_loss = F.mse_loss(rec, x)
         return {"loss": rec_loss + vq, "rec": rec_loss, "vq": vq}
 
