@@ -79,18 +79,27 @@ def _cmd_demo(a: argparse.Namespace) -> None:
           f"{len(report['bench']) - 1} artifacts exported and measured; report: {report['report']}")
 
 
+def _export_gate(a: argparse.Namespace):
+    """``--no-gate`` → None; segmentation budget flags → a segmentation Gate; otherwise the task's default."""
+    if a.no_gate:
+        return None
+    if a.max_miou_drop is None and a.min_agreement is None:
+        return "default"
+    from .fidelity import Gate
+
+    return Gate(1.0 if a.max_miou_drop is None else a.max_miou_drop,
+                0.98 if a.min_agreement is None else a.min_agreement)
+
+
 def _cmd_export(a: argparse.Namespace) -> None:
     from .export import export
-    from .fidelity import Gate
 
     m = export(a.model, a.format, a.precision, a.out, weights=a.weights, labelset=a.labelset, calib=a.calib,
                calib_layout=a.calib_layout, eval_data=a.eval_data, eval_layout=a.eval_layout,
-               input_size=a.input_size, gate=None if a.no_gate else Gate(a.max_miou_drop, a.min_agreement),
-               keep_float=tuple(a.keep_float), threads=a.threads)
+               input_size=a.input_size, gate=_export_gate(a), keep_float=tuple(a.keep_float), threads=a.threads)
     f = m.fidelity or {}
-    drop = f"{f['miou_drop']:.2f} points" if f.get("miou_drop") is not None else "n/a (no labels)"
-    print(f"{a.out}: {m.format}/{m.precision} {m.size_bytes / 1e6:.2f} MB; agreement {100 * f['agreement']:.2f}%, "
-          f"mIoU drop {drop}, SQNR {f['sqnr_db']:.1f} dB; gate {f['gate_result']}")
+    print(f"{a.out}: {m.format}/{m.precision} {m.size_bytes / 1e6:.2f} MB; {f.get('summary', '')}; "
+          f"gate {f['gate_result']}")
 
 
 def _cmd_trt_build(a: argparse.Namespace) -> None:
@@ -181,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-layout")
     s.add_argument("--input-size", help="HxW of the artifact's static input, e.g. 512x1024")
     s.add_argument("--keep-float", action="append", default=[], help="module name to leave in float (repeatable)")
-    s.add_argument("--max-miou-drop", type=float, default=1.0, help="gate: mIoU drop budget, points")
-    s.add_argument("--min-agreement", type=float, default=0.98, help="gate: pixel agreement with float")
+    s.add_argument("--max-miou-drop", type=float, help="segmentation gate: mIoU drop budget, points (default 1.0)")
+    s.add_argument("--min-agreement", type=float, help="segmentation gate: pixel agreement with float (default 0.98)")
     s.add_argument("--no-gate", action="store_true", help="write the artifact even if it misses the budget")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--out", required=True, help="artifact folder (artifact + manifest.json)")

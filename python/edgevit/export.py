@@ -8,7 +8,6 @@ float before giving up); write artifact and manifest atomically into ``out``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import shutil
@@ -19,17 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import processing
 from .errors import EdgevitError
-from .fidelity import Fidelity, Gate, measure
 from .lowering.base import ExportRequest, ExportResult, get_backend
 from .lowering.rewrite import export_friendly
 from .manifest import Manifest, sha256_file, write_manifest
 from .models import create_model
-from .models.contract import SegContract
-from .quantize.calibration import ImageSet, load_image_set
 from .quantize.sensitivity import layer_sensitivity
 from .runtime.base import TorchRunner
+from .tasks import task_for
+from .tasks.base import Fidelity, Gate
 
 CALIBRATION_IMAGES = 16
 
@@ -60,16 +57,9 @@ def parse_size(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
     return h, w
 
 
-def artifact_contract(contract: SegContract, size: tuple[int, int]) -> SegContract:
-    """The model's contract specialised to a fixed input size (artifacts have static shapes)."""
-    return dataclasses.replace(contract, resize=processing.FixedSize(*size), eval_size=size)
-
-
-def _check_size(contract: SegContract, size: tuple[int, int]) -> None:
-    try:
-        contract.check_input_size(*size)
-    except ValueError as exc:
-        raise EdgevitError(f"--input-size: {exc}; use multiples of {contract.size_multiple}") from None
+def artifact_contract(contract: Any, size: tuple[int, int] | None) -> Any:
+    """The model's contract specialised to the artifact's fixed input size (artifacts have static shapes)."""
+    return task_for(contract).artifact_contract(contract, size)
 
 
 def _tool_versions(result: ExportResult) -> dict[str, str]:
@@ -79,8 +69,8 @@ def _tool_versions(result: ExportResult) -> dict[str, str]:
             "torch": torch.__version__, **result.tool_versions}
 
 
-def _lower(backend, model, size, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path) -> ExportResult:
-    request = ExportRequest(model=model, input_shape=(1, 3, *size), precision=precision,
+def _lower(backend, model, input_shape, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path) -> ExportResult:
+    request = ExportRequest(model=model, input_shape=input_shape, precision=precision,
                             out_path=tmp / f"model{backend.extension}", calibration=calib,
                             keep_float=tuple(keep_float))
     return backend.export(request)
@@ -109,7 +99,7 @@ def export(
     eval_data: str | Path | None = None,
     eval_layout: str | None = None,
     input_size: str | tuple[int, int] | None = None,
-    gate: Gate | None = Gate(),
+    gate: Gate | str | None = "default",
     keep_float: tuple[str, ...] = (),
     threads: int | None = None,
     progress: bool = True,
@@ -118,26 +108,29 @@ def export(
 
     ``calib``: folder of real photos (``calib_layout`` to read labels too) — required for int8.
     ``eval_data``: labelled images for the gate (default: the calibration images, else ``calib`` as
-    fidelity set). ``gate=None`` writes the artifact even when it misses the budget (``--no-gate``).
-    Returns the manifest written to ``out/manifest.json``.
+    fidelity set). ``gate``: ``"default"`` (the task's budget, e.g. mIoU drop ≤ 1 point and 98% pixel
+    agreement for segmentation), a task gate object, or ``None`` to write the artifact even when it misses
+    the budget (``--no-gate``). Returns the manifest written to ``out/manifest.json``.
     """
     backend = get_backend(format)
     if precision not in backend.precisions:
         raise EdgevitError(f"{format}: precision {precision!r} is not supported; choose one of {backend.precisions}")
     model = create_model(model_id, weights=weights, labelset=labelset)
-    size = parse_size(input_size) or model.contract.eval_size
-    _check_size(model.contract, size)
-    contract = artifact_contract(model.contract, size)
-    n_classes = contract.num_classes
-    calib_set = load_image_set(calib, calib_layout, CALIBRATION_IMAGES, n_classes) if calib else None
+    task = task_for(model.contract)
+    contract = task.artifact_contract(model.contract, parse_size(input_size))
+    if gate == "default":
+        gate = task.default_gate()
+    calib_set = task.load_images(calib, calib_layout, CALIBRATION_IMAGES, contract) if calib else None
     if precision == "int8" and calib_set is None:
         raise EdgevitError("int8 export needs real calibration images: pass --calib DIR (a folder of photos)")
-    fid_set: ImageSet | None = load_image_set(eval_data, eval_layout, None, n_classes) if eval_data else calib_set
+    fid_set = task.load_images(eval_data, eval_layout, None, contract) if eval_data else calib_set
     if fid_set is None:
         raise EdgevitError("export measures fidelity on real images: pass --calib DIR or --eval-data DIR")
-    calib_inputs = [contract.preprocess(im) for im in calib_set.images] if calib_set else None
-    example = torch.from_numpy(contract.preprocess(fid_set.images[0]))
+    calib_inputs = task.model_inputs(contract, calib_set) if calib_set else None
+    example = torch.from_numpy((calib_inputs or task.model_inputs(contract, fid_set))[0])
     friendly, subs = export_friendly(model, example)
+    inputs, outputs = task.io_specs(contract)
+    input_shape = tuple(inputs[0]["shape"])
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,12 +139,13 @@ def export(
         kept: list[dict[str, Any]] = [{"name": n, "why": "requested"} for n in keep_float]
         sensitivity = None
         for round_ in range(MAX_FALLBACK_ROUNDS + 1):
-            result = _lower(backend, friendly, size, precision, calib_inputs, [k["name"] for k in kept], tmp)
+            result = _lower(backend, friendly, input_shape, precision, calib_inputs, [k["name"] for k in kept], tmp)
             artifact = tmp / f"model{backend.extension}"
-            runner = backend.load(artifact, _provisional_manifest(model_id, format, precision, artifact, size,
-                                                                    contract), threads)
-            fid = measure(TorchRunner(model), runner, contract, fid_set)
-            failures = (gate or Gate()).failures(fid)
+            provisional = Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs,
+                                   outputs, contract.to_dict(), {})
+            runner = backend.load(artifact, provisional, threads)
+            fid = task.measure(TorchRunner(model), runner, contract, fid_set)
+            failures = (gate or task.default_gate()).failures(fid)
             if not failures or gate is None or precision != "int8" or round_ == MAX_FALLBACK_ROUNDS:
                 break
             if sensitivity is None:
@@ -167,8 +161,9 @@ def export(
                 f"{model_id} {format}/{precision}: misses its accuracy budget ({'; '.join(failures)}) on "
                 f"{fid_set.source}; worst layers: {worst_names or 'n/a'}; use --keep-float or --no-gate",
                 keep_float=tuple(k["name"] for k in kept))
-        manifest = _final_manifest(model_id, format, precision, artifact, size, contract, result, subs, fid,
-                                   gate, failures, calib_set, fid_set, kept, sensitivity, weights)
+        manifest = _final_manifest(model_id, format, precision, artifact, (inputs, outputs), contract, result, subs,
+                                   fid, gate or task.default_gate(), failures, calib_set, fid_set, kept, sensitivity,
+                                   weights)
         write_manifest(manifest, tmp)
         _replace_dir(tmp, out)
     finally:
@@ -176,24 +171,10 @@ def export(
     return manifest
 
 
-def _io_specs(size: tuple[int, int], contract: SegContract) -> tuple[list[dict], list[dict]]:
-    s = contract.output_stride
-    inputs = [{"name": "image", "shape": [1, 3, *size], "dtype": "float32", "layout": "NCHW"}]
-    outputs = [{"name": "logits", "shape": [1, contract.num_classes, size[0] // s, size[1] // s],
-                "dtype": "float32", "layout": "NCHW"}]
-    return inputs, outputs
-
-
-def _provisional_manifest(model_id, format, precision, artifact: Path, size, contract) -> Manifest:
-    inputs, outputs = _io_specs(size, contract)
-    return Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs, outputs,
-                    contract.to_dict(), {})
-
-
-def _final_manifest(model_id, format, precision, artifact: Path, size, contract, result: ExportResult, subs,
-                    fid: Fidelity, gate: Gate | None, failures, calib_set, fid_set, kept, sensitivity,
+def _final_manifest(model_id, format, precision, artifact: Path, io_specs, contract, result: ExportResult, subs,
+                    fid: Fidelity, gate: Gate, failures, calib_set, fid_set, kept, sensitivity,
                     weights) -> Manifest:
-    inputs, outputs = _io_specs(size, contract)
+    inputs, outputs = io_specs
     quant = None
     if precision == "int8":
         quant = {**(result.quantization or {}), "kept_float": kept,
@@ -204,8 +185,8 @@ def _final_manifest(model_id, format, precision, artifact: Path, size, contract,
         contract=contract.to_dict(), tool_versions=_tool_versions(result),
         calibration=calib_set.describe() if calib_set is not None and precision == "int8" else None,
         quantization=quant, substitutions=[s.to_dict() for s in subs], delegation=result.delegation,
-        fidelity={**fid.to_dict(), "images": fid_set.describe(), "reference": "eager PyTorch fp32",
-                  "gate": (gate or Gate()).to_dict(),
+        fidelity={**fid.to_dict(), "summary": fid.summary(), "images": fid_set.describe(),
+                  "reference": "eager PyTorch fp32", "gate": gate.to_dict(),
                   "gate_result": "passed" if not failures else "failed, written with --no-gate: " + "; ".join(failures),
                   "notes": result.notes},
         weights=str(weights) if weights else None,

@@ -43,6 +43,10 @@ class Fidelity:
     miou_artifact: float | None = None
     miou_drop: float | None = None  # points (×100), float minus artifact
 
+    def summary(self) -> str:
+        drop = f"{self.miou_drop:.2f} points" if self.miou_drop is not None else "n/a (no labels)"
+        return f"agreement {100 * self.agreement:.2f}%, mIoU drop {drop}, SQNR {self.sqnr_db:.1f} dB"
+
     def to_dict(self) -> dict[str, object]:
         """JSON-ready; non-finite values (SQNR of identical outputs, mIoU without classes) become None."""
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
