@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import EdgevitError
-from .lowering.base import ExportRequest, ExportResult, get_backend
+from .lowering.base import ExportRequest, ExportResult, IOSpec, get_backend
 from .lowering.rewrite import export_friendly
 from .manifest import Manifest, sha256_file, write_manifest
 from .models import create_model
@@ -69,10 +69,10 @@ def _tool_versions(result: ExportResult) -> dict[str, str]:
             "torch": torch.__version__, **result.tool_versions}
 
 
-def _lower(backend, model, input_shape, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path) -> ExportResult:
-    request = ExportRequest(model=model, input_shape=input_shape, precision=precision,
-                            out_path=tmp / f"model{backend.extension}", calibration=calib,
-                            keep_float=tuple(keep_float))
+def _lower(backend, model, io_specs, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path) -> ExportResult:
+    inputs, outputs = io_specs
+    request = ExportRequest.multi(model, [IOSpec.from_dict(d) for d in inputs], [d["name"] for d in outputs],
+                                  precision, tmp / f"model{backend.extension}", calib, keep_float)
     return backend.export(request)
 
 
@@ -130,7 +130,6 @@ def export(
     example = torch.from_numpy((calib_inputs or task.model_inputs(contract, fid_set))[0])
     friendly, subs = export_friendly(model, example)
     inputs, outputs = task.io_specs(contract)
-    input_shape = tuple(inputs[0]["shape"])
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +138,8 @@ def export(
         kept: list[dict[str, Any]] = [{"name": n, "why": "requested"} for n in keep_float]
         sensitivity = None
         for round_ in range(MAX_FALLBACK_ROUNDS + 1):
-            result = _lower(backend, friendly, input_shape, precision, calib_inputs, [k["name"] for k in kept], tmp)
+            result = _lower(backend, friendly, (inputs, outputs), precision, calib_inputs, [k["name"] for k in kept],
+                            tmp)
             artifact = tmp / f"model{backend.extension}"
             provisional = Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs,
                                    outputs, contract.to_dict(), {})
