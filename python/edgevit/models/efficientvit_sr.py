@@ -77,7 +77,9 @@ class WindowLiteMLA(nn.Module):
             out = torch.bmm(torch.bmm(v1, k.transpose(1, 2)), q)
         else:
             out = torch.bmm(v1, torch.bmm(k.transpose(1, 2), q))
-        out = out[:, :d] / (out[:, d:] + self.eps)
+        # max(den, eps), not den + eps: den >= 0 so they differ by at most eps, but the ONNX exporter folds
+        # "+ 1e-15" away and a window whose ReLU queries are all zero then gives 0/0 = NaN.
+        out = out[:, :d] / out[:, d:].clamp_min(self.eps)
         out = out.reshape(b * heads, nh, nw, d, win, win).permute(0, 3, 1, 4, 2, 5)
         return out.reshape(b, heads * d, h, w)
 

@@ -61,6 +61,7 @@ class ExportTask(Protocol):
 # task string -> "module:Class", imported on first use.
 TASKS: Registry[str] = Registry("task")
 TASKS.add("semantic-segmentation", "edgevit.tasks.segmentation:SegmentationTask")
+TASKS.add("super-resolution", "edgevit.tasks.super_resolution:SuperResolutionTask")
 
 
 def task_for(contract: Any) -> ExportTask:
