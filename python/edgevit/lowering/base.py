@@ -69,7 +69,7 @@ class IOSpec:
         return isinstance(x, np.ndarray) and x.dtype == np.dtype(self.dtype) and tuple(x.shape) == self.shape
 
 
-def got(x: Any) -> str:
+def describe_array(x: Any) -> str:
     """Short description of a value offered as an array, for error messages."""
     return f"{type(x).__name__} {getattr(x, 'dtype', '?')} {tuple(getattr(x, 'shape', ()))}"
 
@@ -203,7 +203,7 @@ def check_calibration(calibration: Sequence[Any] | None, inputs: Sequence[IOSpec
             at = f"calibration[{i}]" if len(specs) == 1 else f"calibration[{i}][{j}] ({spec.name})"
             if not spec.matches(x):
                 kind = " pre-processed image" if len(specs) == 1 else ""
-                raise EdgevitError(f"{at}: expected a {spec.dtype} {spec.shape}{kind}, got {got(x)}")
+                raise EdgevitError(f"{at}: expected a {spec.dtype} {spec.shape}{kind}, got {describe_array(x)}")
             if spec.dtype == "float32" and not np.all(np.isfinite(x)):
                 raise EdgevitError(f"{at}: contains NaN or infinity")
         samples.append(xs)

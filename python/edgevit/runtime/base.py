@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgevitError
-from ..lowering.base import IOSpec, got
+from ..lowering.base import IOSpec, describe_array
 from ..manifest import Manifest, read_manifest
 
 
@@ -87,7 +87,7 @@ class CheckedRunner:
                 "call runner.run({name: array, ...})")
         if not self.inputs[0].matches(x):
             raise EdgevitError(f"{self.source}: input must be {self.input_dtype} {self.input_shape} "
-                               f"(as exported), got {got(x)}; re-export with --input-size for other sizes")
+                               f"(as exported), got {describe_array(x)}; re-export with --input-size for other sizes")
         ys = self._timed([x])
         if len(ys) != 1:
             raise EdgevitError(f"{self.source}: the program returned {len(ys)} outputs; call runner.run(...)")
@@ -99,7 +99,7 @@ class CheckedRunner:
         for spec in self.inputs:
             if not spec.matches(inputs[spec.name]):
                 raise EdgevitError(f"{self.source}: input {spec.name!r} must be {spec.describe()} (as exported), "
-                                   f"got {got(inputs[spec.name])}")
+                                   f"got {describe_array(inputs[spec.name])}")
         ys = self._timed([inputs[s.name] for s in self.inputs])
         names = self.output_names or tuple(f"output_{i}" for i in range(len(ys)))
         return dict(zip(names, ys))
@@ -154,7 +154,7 @@ class TorchRunner:
         _check_mapping(what, inputs, self.input_names)
         for name in self.input_names:
             if not isinstance(inputs[name], np.ndarray):
-                raise EdgevitError(f"{what}: input {name!r} must be a numpy array, got {got(inputs[name])}")
+                raise EdgevitError(f"{what}: input {name!r} must be a numpy array, got {describe_array(inputs[name])}")
         start = time.perf_counter()
         with torch.inference_mode():
             y = self.model(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names))
