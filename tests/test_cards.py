@@ -30,8 +30,10 @@ def test_card_is_valid_and_consistent_with_contract(model_id):
         assert card["published"]["resolution"] == "x".join(map(str, contract.eval_size))
         scores = [v for k, v in card["published"].items() if k in ("miou", "coco_map", "lvis_map")]
         assert scores and all(0 < v < 100 for v in scores)
-    else:
+    elif card["origin"] == "edgevit":
         assert {"summary", "command", "weights", "measured"} <= set(card["training"])
+    if contract.task == "super-resolution":
+        assert card["scale"] == contract.scale
 
 
 def test_parse_quantity():

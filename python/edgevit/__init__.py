@@ -15,11 +15,12 @@ from .evaluate import evaluate_segmentation
 from .models import count_macs, count_params, create_model, list_models
 from .predict import predict_images
 from .runtime import load_artifact
+from .sr.evaluate import eval_sr, evaluate_sr
 from .sam.evaluate import evaluate_sam
 
 __version__ = "0.1.0"
 __all__ = [
     "EdgevitError", "MissingDependencyError", "UnknownKeyError", "count_macs", "count_params", "create_model",
     "demo", "evaluate", "evaluate_sam", "evaluate_segmentation", "list_models", "load_artifact", "model_info", "open_segmentation_dataset",
-    "predict", "predict_images",
+    "predict", "predict_images", "eval_sr", "evaluate_sr",
 ]

@@ -20,10 +20,12 @@ COMMON: dict[str, type | tuple[type, ...]] = {
 TASKS: dict[str, tuple[dict[str, type | tuple[type, ...]], dict[str, type | tuple[type, ...]]]] = {
     "semantic-segmentation": ({"num_classes": int}, {"miou": (int, float)}),
     "promptable-segmentation": ({}, {"coco_map": (int, float), "lvis_map": (int, float)}),
+    "super-resolution": ({"scale": int, "macs_per_output_megapixel": str}, {}),
 }
 UPSTREAM = {"paper": str, "published": dict, "upstream_checkpoint": str}
 TRAINED = {"training": dict}
-ORIGINS = {"upstream": UPSTREAM, "edgevit": TRAINED}
+# "design": an architecture defined here that ships without trained weights (train it with the repo's recipe).
+ORIGINS = {"upstream": UPSTREAM, "edgevit": TRAINED, "design": {}}
 PUBLISHED_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "resolution": str, "params": str, "macs": str, "source": str,
 }

@@ -37,13 +37,21 @@ def _cmd_info(a: argparse.Namespace) -> None:
     print(f"  params   {info['params'] / 1e6:.3f}M{ref('params')}")
     print(f"  MACs     {info['macs'] / 1e9:.2f}G at {'x'.join(map(str, info['macs_input'][2:]))}{ref('macs')}")
     print(f"  input    {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']}: {inp['description']}")
-    print(f"  norm     mean {c['normalization']['mean']} std {c['normalization']['std']}")
-    print(f"  resize   {c['resize']}")
-    print(f"  output   {outp['name']} {outp['dtype']} {outp['layout']} {outp['shape']}")
-    print(f"  labels   {c['labels']['name']} ({len(c['labels']['classes'])} classes, ignore {c['labels']['ignore_index']})")
+    if c["task"] == "super-resolution":
+        t = c["tiling"]
+        print(f"  output   {outp['name']} {outp['dtype']} {outp['layout']} {outp['shape']}: {outp['description']}")
+        print(f"  tiling   {t['tile']}px input tiles, {t['margin']}px overlap, sizes padded to x{t['size_multiple']}")
+        print(f"  card     {info['card']['macs_per_output_megapixel']} MACs per output megapixel")
+    else:
+        print(f"  norm     mean {c['normalization']['mean']} std {c['normalization']['std']}")
+        print(f"  resize   {c['resize']}")
+        print(f"  output   {outp['name']} {outp['dtype']} {outp['layout']} {outp['shape']}")
+        print(f"  labels   {c['labels']['name']} ({len(c['labels']['classes'])} classes, ignore {c['labels']['ignore_index']})")
     if pub:
         print(f"  card     published mIoU {pub['miou']} at {pub['resolution']}; "
               f"checkpoint {info['card']['upstream_checkpoint']}")
+    elif info["card"]["origin"] == "design":
+        print("  card     architecture defined here; no trained weights ship with it")
     else:
         print(f"  card     trained here: {info['card']['training'].get('summary', '')}")
 
@@ -134,6 +142,22 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
     print(f"{a.out}: {report['steps']} steps, final loss {report['final_loss']:.3f}; train mIoU "
           f"{100 * ev['train']['miou']:.2f}" + (f", held-out mIoU {100 * ev['holdout']['miou']:.2f}"
                                                  if ev.get("holdout") else ""))
+
+
+def _cmd_eval_sr(a: argparse.Namespace) -> None:
+    from .sr.evaluate import eval_sr
+
+    for result in eval_sr(a.model, a.data, a.scale, weights=a.weights, out=a.out):
+        print(result.table())
+
+
+def _cmd_train_sr(a: argparse.Namespace) -> None:
+    from .train.train_sr import train_sr
+
+    report = train_sr(**{k: v for k, v in vars(a).items() if k not in ("fn", "command", "debug")})
+    ev = report["eval"]
+    print(f"{a.out}: {report['steps']} steps in {report['wall_seconds']:.0f} s, final L1 {report['final_loss']:.4f}"
+          + (f"; PSNR-Y {ev['psnr_y']:.2f} dB, SSIM-Y {ev['ssim_y']:.4f} on {ev['dataset']}" if ev else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(s)
     s.set_defaults(fn=_cmd_finetune)
+
+    s = sub.add_parser("eval-sr", help="super-resolution PSNR/SSIM on Y (bicubic floor row first)")
+    s.add_argument("model", help="SR model id, or 'bicubic'")
+    s.add_argument("--weights", help="trained weights (.safetensors / .pt); random init if omitted")
+    s.add_argument("--data", required=True, help="SR dataset folder (HR/ and optionally LR_bicubic/X2, X4)")
+    s.add_argument("--scale", type=int, required=True, choices=(2, 3, 4))
+    s.add_argument("--out", help="also write eval_sr.json and eval_sr.md here")
+    s.set_defaults(fn=_cmd_eval_sr)
+
+    s = sub.add_parser("train-sr", help="train a super-resolution model (L1, AdamW + cosine), resumable")
+    from .train.train_sr import add_arguments as add_sr_arguments
+
+    add_sr_arguments(s)
+    s.set_defaults(fn=_cmd_train_sr)
 
     s = sub.add_parser("demo", help="the main job: trained model, sample photos, every format, the report")
     s.add_argument("--out", default="runs/demo")

@@ -1,8 +1,8 @@
 """EfficientViT super-resolution (our design; the EfficientViT paper reports SR results but never released
 the network). On the low-resolution (LR) input grid: a 3×3 conv stem; a stride-2 2×2 conv down to half the
 LR resolution, where the EfficientViT blocks (multi-scale ReLU linear attention + depthwise-conv FFN) run
-at a quarter of the pixels; back up by a 1×1 conv + pixel shuffle, added to the stem features; a 3×3 fuse
-conv; a 3×3 (×2) or 1×1 (×4) conv + pixel shuffle to the output resolution; plus a global bicubic skip, so the network only
+at a quarter of the pixels; back up by a 1×1 conv + pixel shuffle, added to the stem features; ``fuse`` 3×3
+convs; a 3×3 (×2) or 1×1 (×4) conv + pixel shuffle to the output resolution; plus a global bicubic skip, so the network only
 learns the residual. Norm-free (batch statistics of small crops hurt SR), biases everywhere.
 
 Attention runs in fixed ``window``×``window`` windows of the half-resolution grid (aligned to the image
@@ -35,6 +35,7 @@ class SRConfig:
     expand: float = 2.0  # FFN expansion
     window: int = 8  # attention window (half-resolution pixels)
     act: ActName = "hswish"
+    fuse: int = 1  # 3×3 conv + act layers at the LR resolution after the two branches meet
 
 
 class WindowLiteMLA(nn.Module):
@@ -123,7 +124,7 @@ def receptive_margin(cfg: SRConfig) -> int:
     aggregation 2, the rest of the window (window - 1), FFN 3×3 1; the 1×1 + shuffle up: 1; fuse and
     upsampler 3×3 convs: 1 each. The bicubic skip (2) is parallel and smaller.
     """
-    return 2 + 2 * cfg.depth * (cfg.window + 2) + 3
+    return 2 + 2 * cfg.depth * (cfg.window + 2) + 2 + cfg.fuse
 
 
 class EfficientViTSR(nn.Module):
@@ -137,7 +138,8 @@ class EfficientViTSR(nn.Module):
         self.down = nn.Conv2d(cfg.stem, cfg.width, 2, stride=2)
         self.blocks = nn.Sequential(*(SRBlock(cfg) for _ in range(cfg.depth)))
         self.up = nn.Conv2d(cfg.width, 4 * cfg.stem, 1)
-        self.fuse = nn.Sequential(nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1), make_act(cfg.act))
+        self.fuse = nn.Sequential(*(m for _ in range(cfg.fuse)
+                                    for m in (nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1), make_act(cfg.act))))
         k = 3 if scale == 2 else 1  # at ×4 a 3×3 to 48 channels would be the most expensive layer
         self.upsampler = nn.Conv2d(cfg.stem, 3 * scale * scale, k, padding=k // 2)
         self.skip = BicubicSkip(scale)
@@ -155,7 +157,7 @@ class EfficientViTSR(nn.Module):
         return y if self.training else y.clamp(0.0, 1.0)
 
 
-VARIANTS = {"s": SRConfig(stem=24, width=32, depth=2), "m": SRConfig(stem=32, width=64, depth=3)}
+VARIANTS = {"s": SRConfig(stem=24, width=32, depth=2, fuse=3), "m": SRConfig(stem=32, width=64, depth=3, fuse=3)}
 TILES = {"s": 256, "m": 320}  # input tile size per variant (LR pixels)
 
 

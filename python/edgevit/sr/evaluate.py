@@ -191,3 +191,23 @@ def evaluate_sr(model_or_callable: nn.Module | SRFn | str, data_dir: str | os.Pa
         result.images.append({"image": stem, "size": f"{hr.shape[0]}x{hr.shape[1]}", "lr": source, "gray": gray,
                               "psnr": round(p, 4), "ssim": round(s, 5)})
     return result
+
+
+def eval_sr(model: str, data: str | os.PathLike[str], scale: int, weights: str | os.PathLike[str] | None = None,
+            out: str | os.PathLike[str] | None = None, progress: bool = True) -> list[SREvaluation]:
+    """``edgevit eval-sr``: the bicubic floor row, then ``model`` (a registered SR id, with ``weights``), on
+    ``data`` at ``scale``; writes ``eval_sr.json`` and ``eval_sr.md`` into ``out`` when given."""
+    from .. import io
+    from ..models.registry import create_model
+
+    results = [evaluate_sr("bicubic", data, scale, progress=progress)]
+    if model != "bicubic":
+        m = create_model(model, weights=weights)
+        if not isinstance(getattr(m, "contract", None), SRContract):
+            raise EdgevitError(f"eval-sr: {model} is a {m.contract.task} model, not super-resolution")
+        results.append(evaluate_sr(m, data, scale, progress=progress))
+    if out is not None:
+        io.write_json(Path(out) / "eval_sr.json", {"weights": None if weights is None else os.fspath(weights),
+                                                   "results": [r.to_dict() for r in results]})
+        io.write_text(Path(out) / "eval_sr.md", "\n\n".join(r.table() for r in results) + "\n")
+    return results
