@@ -1,9 +1,9 @@
 """EfficientViT super-resolution (our design; the EfficientViT paper reports SR results but never released
 the network). On the low-resolution (LR) input grid: a 3×3 conv stem; a stride-2 2×2 conv down to half the
 LR resolution, where the EfficientViT blocks (multi-scale ReLU linear attention + depthwise-conv FFN) run
-at a quarter of the pixels; back up by a 1×1 conv + pixel shuffle, added to the stem features; ``fuse`` 3×3
-convs; a 3×3 (×2) or 1×1 (×4) conv + pixel shuffle to the output resolution; plus a global bicubic skip, so the network only
-learns the residual. Norm-free (batch statistics of small crops hurt SR), biases everywhere.
+at a quarter of the pixels; back up by a 1×1 conv + pixel shuffle, added to the stem features; ``fuse``
+3×3 convs; a 3×3 (×2) or 1×1 (×4) conv + pixel shuffle to the output resolution; plus a global bicubic
+skip, so the network only learns the residual. Norm-free (batch statistics of small crops hurt SR), biases everywhere.
 
 Attention runs in fixed ``window``×``window`` windows of the half-resolution grid (aligned to the image
 origin): the receptive field is bounded (:func:`receptive_margin`), so tiled inference is exact, and the
