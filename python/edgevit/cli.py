@@ -72,8 +72,10 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 
 def _cmd_eval_sam(a: argparse.Namespace) -> None:
     from .sam.evaluate import evaluate_sam
+    from .sam.export import load_sam_artifacts
 
-    result = evaluate_sam(a.model, a.data, prompts=tuple(a.prompts.split(",")), weights=a.weights, limit=a.limit,
+    model = load_sam_artifacts(a.model, a.threads) if Path(a.model).is_dir() else a.model
+    result = evaluate_sam(model, a.data, prompts=tuple(a.prompts.split(",")), weights=a.weights, limit=a.limit,
                           out=a.out)
     print(json.dumps(result.to_dict(), indent=2) if a.json else result.table())
 
@@ -99,9 +101,25 @@ def _export_gate(a: argparse.Namespace):
                 0.98 if a.min_agreement is None else a.min_agreement)
 
 
+def _cmd_export_sam(a: argparse.Namespace) -> None:
+    from .sam.export import MaskGate, export_sam
+
+    gate = None if a.no_gate else ("default" if a.max_miou_drop is None else MaskGate(a.max_miou_drop))
+    top = export_sam(a.model, a.format, a.precision, a.out, weights=a.weights, calib=a.calib, eval_data=a.eval_data,
+                     eval_layout=a.eval_layout, gate=gate, keep_float=tuple(a.keep_float), threads=a.threads,
+                     eval_limit=a.eval_limit, decoder_precision=a.decoder_precision)
+    c, f = top["components"], top["fidelity"]
+    print(f"{a.out}: encoder {top['format']}/{c['encoder']['precision']} {c['encoder']['size_bytes'] / 1e6:.2f} MB, "
+          f"decoder {c['decoder']['precision']} {c['decoder']['size_bytes'] / 1e6:.2f} MB; {f['summary']}; "
+          f"gate {f['gate_result']}")
+
+
 def _cmd_export(a: argparse.Namespace) -> None:
     from .export import export
+    from .models.registry import get_model_entry
 
+    if getattr(get_model_entry(a.model).contract, "task", None) == "promptable-segmentation":
+        return _cmd_export_sam(a)
     m = export(a.model, a.format, a.precision, a.out, weights=a.weights, labelset=a.labelset, calib=a.calib,
                calib_layout=a.calib_layout, eval_data=a.eval_data, eval_layout=a.eval_layout,
                input_size=a.input_size, gate=_export_gate(a), keep_float=tuple(a.keep_float), threads=a.threads)
@@ -193,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_eval)
 
     s = sub.add_parser("eval-sam", help="interactive segmentation mIoU of a SAM model (box and click prompts)")
-    s.add_argument("model", help="a SAM model id, e.g. efficientvit-sam-l0")
+    s.add_argument("model", help="a SAM model id, e.g. efficientvit-sam-l0, or a SAM artifact folder from export")
+    s.add_argument("--threads", type=int, help="artifact runners' threads")
     s.add_argument("--weights", help="upstream checkpoint (.pt / .safetensors); random init if omitted")
     s.add_argument("--data", required=True, help="folder with prompts.json (grabcut50) or images/ + masks/<image>/")
     s.add_argument("--prompts", default="box,click1,click3,click5", help="comma-separated: box, click1..click15")
@@ -214,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-layout")
     s.add_argument("--input-size", help="HxW of the artifact's static input, e.g. 512x1024")
     s.add_argument("--keep-float", action="append", default=[], help="module name to leave in float (repeatable)")
-    s.add_argument("--max-miou-drop", type=float, help="segmentation gate: mIoU drop budget, points (default 1.0)")
+    s.add_argument("--max-miou-drop", type=float, help="segmentation gate: mIoU drop budget, points (default 1.0); "
+                   "SAM: mask mIoU vs float drop budget")
+    s.add_argument("--eval-limit", type=int, default=8, help="SAM: eval instances the gate measures (default 8)")
+    s.add_argument("--decoder-precision", default="fp32", help="SAM: prompt decoder precision (fp32 | int8, gated)")
     s.add_argument("--min-agreement", type=float, help="segmentation gate: pixel agreement with float (default 0.98)")
     s.add_argument("--no-gate", action="store_true", help="write the artifact even if it misses the budget")
     s.add_argument("--threads", type=int, default=2)

@@ -52,10 +52,16 @@ def _torch_functions(model: Any) -> tuple[EncoderFn, DecoderFn]:
 
 class Predictor:
     """``Predictor(model)`` for an eager EfficientViT-SAM module (from ``create_model``), or
-    ``Predictor((encoder, decoder), contract=SamContract)`` for two numpy callables (e.g. artifact runners)."""
+    ``Predictor((encoder, decoder), contract=SamContract)`` for two numpy callables (e.g. artifact runners),
+    or ``Predictor(load_sam_artifacts(folder))`` (anything with ``predictor_functions() -> (encode, decode,
+    contract)``)."""
 
     def __init__(self, model_or_runners: Any, contract: Any = None):
-        if isinstance(model_or_runners, tuple):
+        functions = getattr(model_or_runners, "predictor_functions", None)
+        if callable(functions):
+            self.encode, self.decode, own = functions()
+            contract = contract or own
+        elif isinstance(model_or_runners, tuple):
             if contract is None or len(model_or_runners) != 2:
                 raise EdgevitError("Predictor((encoder, decoder), contract=...): pass both runners and the SamContract")
             self.encode, self.decode = model_or_runners

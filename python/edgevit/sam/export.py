@@ -1,0 +1,331 @@
+"""``edgevit export`` for EfficientViT-SAM: one folder with two artifacts tied by a top-level manifest.
+
+Layout of ``out``::
+
+    manifest.json        model id, task, both components (relative paths, sha256), SAM contract and
+                         prompt-slot rules, measured mask fidelity and the gate verdict, tool versions
+    encoder/             model.<ext> + manifest.json: image float32 1×3×S×S → embeddings 1×256×64×64
+    decoder/             model.<ext> + manifest.json: embeddings, coords 1×P×2, labels 1×P (float32:
+                         1 fg, 0 bg, 2/3 box corners, -1 padding), mask_input 1×1×256×256,
+                         has_mask_input 1 → masks 1×4×256×256, iou 1×4
+
+Steps: build the float model; rewrite encoder and decoder into export-friendly forms
+(:mod:`edgevit.sam.rewrite`); lower the decoder (fp32 unless asked otherwise) and the encoder (int8
+calibrated on the real photos of ``calib``); load both back and run them through :class:`Predictor` on the
+eval instances (box prompt and first click); compare every mask with the float pipeline's
+(:mod:`edgevit.sam.fidelity`); gate (int8 encoder falls back to keeping its most sensitive layers float);
+write everything into a temporary folder next to ``out`` and rename it into place.
+Labels are float32 inputs on every backend (the decoder only does arithmetic with them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import io, processing
+from ..errors import EdgevitError
+from ..export import MAX_FALLBACK_ROUNDS, GateError, _replace_dir, _tool_versions
+from ..lowering.base import ExportRequest, ExportResult, IOSpec, get_backend
+from ..manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest
+from ..quantize.calibration import load_image_set
+from ..quantize.sensitivity import layer_sensitivity
+from .evaluate import open_sam_dataset
+from .fidelity import FloatReference, MaskAgreement, MaskGate
+from .predictor import Predictor
+from .rewrite import friendly_decoder, friendly_encoder
+
+CALIBRATION_IMAGES = 16
+EVAL_INSTANCES = 8
+KIND = "edgevit-sam-artifacts"
+TOP_VERSION = 1
+SLOT_RULES = ("{p} prompt slots (coords 1x{p}x2 in the {f}-longest-side frame, labels 1x{p}): points first "
+              "(label 1 fg, 0 bg), then the box as two corners (labels 2, 3); unused slots have label -1 and "
+              "coords 0. Without a box one -1 slot is SAM's 'not a point' token, so at most {np} points "
+              "without a box and {nb} with one; extra -1 slots are masked out of attention.")
+
+
+def _io(specs, n: int = 1) -> list[dict[str, Any]]:
+    return [{"name": t.name, "shape": [n if d == "N" else d for d in t.shape], "dtype": t.dtype, "layout": t.layout}
+            for t in specs]
+
+
+def _specs(dicts: list[dict[str, Any]]) -> list[IOSpec]:
+    return [IOSpec.from_dict(d) for d in dicts]
+
+
+class SamArtifacts:
+    """The two runners of an exported SAM folder; ``Predictor(artifacts)`` runs them (numpy in, numpy out).
+
+    ``encode(x)``: float32 1×3×S×S → 1×256×64×64. ``decode(emb, coords, labels, mask_input, has_mask_input)``
+    → (masks 1×4×256×256, iou 1×4). ``manifest``: the top-level manifest (dict).
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], encoder: Any, decoder: Any, contract: Any):
+        self.folder, self.manifest, self.encoder, self.decoder, self.contract = folder, manifest, encoder, decoder, contract
+        self.model_id = f"{manifest['model_id']} ({manifest['format']}/{manifest['components']['encoder']['precision']})"
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        return self.encoder.run({"image": x})["embeddings"]
+
+    def decode(self, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        names = self.decoder.input_names if hasattr(self.decoder, "input_names") else \
+            ("embeddings", "coords", "labels", "mask_input", "has_mask_input")
+        out = self.decoder.run(dict(zip(names, arrays)))
+        return out["masks"], out["iou"]
+
+    def predictor_functions(self) -> tuple[Any, Any, Any]:
+        """(encode, decode, contract) for :class:`~edgevit.sam.Predictor`."""
+        return self.encode, self.decode, self.contract
+
+
+def _contract_from(data: dict[str, Any], where: str):
+    from ..models.efficientvit_sam import SamContract
+
+    try:
+        return SamContract(image_size=int(data["resize"]["size"]), mean=tuple(data["normalization"]["mean"]),
+                           std=tuple(data["normalization"]["std"]), prompt_frame=int(data["prompt_frame"]),
+                           max_points=int(data["max_points"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgevitError(f"{where}: SAM contract incomplete ({exc!r}); re-export") from None
+
+
+def load_sam_artifacts(folder: str | Path, threads: int | None = None) -> SamArtifacts:
+    """Load ``folder`` written by :func:`export_sam`: both artifacts' sha256 are checked against the top-level
+    manifest (and against their own manifests), then loaded as runners."""
+    from ..runtime.base import load_artifact
+
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise EdgevitError(f"{folder}: no {MANIFEST_NAME}; pass a folder written by 'edgevit export' for a SAM model")
+    try:
+        top = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgevitError(f"{path}: not valid JSON ({exc}); re-export") from None
+    if not isinstance(top, dict) or top.get("kind") != KIND:
+        raise EdgevitError(f"{path}: not a SAM artifact folder (kind {top.get('kind') if isinstance(top, dict) else None!r}, "
+                           f"expected {KIND!r}); segmentation artifacts load with edgevit.load_artifact")
+    if top.get("version") != TOP_VERSION:
+        raise EdgevitError(f"{path}: version {top.get('version')} is not supported (reads {TOP_VERSION}); re-export")
+    runners = {}
+    for name in ("encoder", "decoder"):
+        comp = top.get("components", {}).get(name)
+        if not comp:
+            raise EdgevitError(f"{path}: component {name!r} missing; re-export")
+        artifact = folder / comp["artifact"]
+        if not artifact.is_file():
+            raise EdgevitError(f"{artifact}: {name} artifact named by {path} is missing")
+        digest = sha256_file(artifact)
+        if digest != comp["sha256"]:
+            raise EdgevitError(f"{artifact}: {name} sha256 {digest[:12]}… does not match the top-level manifest's "
+                               f"{comp['sha256'][:12]}… (tampered or replaced); re-export the folder")
+        runners[name] = load_artifact(folder / comp["path"], threads)
+    return SamArtifacts(folder, top, runners["encoder"], runners["decoder"], _contract_from(top["contract"], str(path)))
+
+
+def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path) -> ExportResult:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    request = ExportRequest.multi(module, _specs(inputs), [d["name"] for d in outputs], precision, path, calib,
+                                  keep_float)
+    return backend.export(request)
+
+
+def _component_manifest(model_id, format, precision, artifact: Path, io_specs, contract, result: ExportResult,
+                        subs, extra: dict[str, Any], weights) -> Manifest:
+    quant = {**(result.quantization or {}), **extra.pop("quantization", {})} if precision == "int8" else None
+    return Manifest(model_id=model_id, format=format, precision=precision, artifact=artifact.name,
+                    sha256=sha256_file(artifact), size_bytes=artifact.stat().st_size, inputs=io_specs[0],
+                    outputs=io_specs[1], contract=contract, tool_versions=_tool_versions(result),
+                    calibration=extra.pop("calibration", None), quantization=quant,
+                    substitutions=[s.to_dict() for s in subs], delegation=result.delegation,
+                    fidelity=extra.pop("fidelity", None), weights=str(weights) if weights else None)
+
+
+def _decoder_calibration(model, contract, instances, images) -> list[tuple[np.ndarray, ...]]:
+    """Real decoder inputs: float embeddings of real images with their box and first-click prompts."""
+    predictor = Predictor(model, contract)
+    samples = []
+    for inst, image in zip(instances, images):
+        predictor.set_image(image)
+        samples.append((predictor.embeddings, *predictor.prompt_arrays(box=inst.box)))
+        samples.append((predictor.embeddings, *predictor.prompt_arrays(points=[inst.first_click], labels=[1])))
+    return samples
+
+
+def export_sam(
+    model_id: Any,
+    format: str,
+    precision: str,
+    out: str | Path,
+    weights: str | Path | None = None,
+    calib: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    eval_layout: str | None = None,
+    gate: MaskGate | str | None = "default",
+    keep_float: tuple[str, ...] = (),
+    threads: int | None = None,
+    progress: bool = True,
+    eval_limit: int = EVAL_INSTANCES,
+    decoder_precision: str = "fp32",
+) -> dict[str, Any]:
+    """Export a SAM model to ``format`` (pte | tflite | onnx): encoder at ``precision``, decoder at
+    ``decoder_precision``, into the folder ``out`` (module docstring). Returns the top-level manifest.
+
+    ``model_id``: a registered ``efficientvit-sam-*`` id (``weights``: upstream checkpoint) or a SAM module
+    with a ``contract``. ``calib``: folder of real photos (int8). ``eval_data``: instances in the grabcut50
+    (``prompts``) or ``instances`` layout; the first ``eval_limit`` are the gate's. ``gate``: ``"default"``
+    (mask mIoU vs float drops ≤ 1.0 point), a :class:`MaskGate`, or None to write even on failure.
+    ``keep_float``: encoder module names to leave un-quantized.
+    """
+    from ..models import create_model
+
+    backend = get_backend(format)
+    for what, p in (("precision", precision), ("decoder precision", decoder_precision)):
+        if p not in backend.precisions:
+            raise EdgevitError(f"{format}: {what} {p!r} is not supported; choose one of {backend.precisions}")
+    model = create_model(model_id, weights=weights) if isinstance(model_id, str) else model_id.eval()
+    name = model_id if isinstance(model_id, str) else getattr(model, "model_id", type(model).__name__)
+    contract = getattr(model, "contract", None)
+    if getattr(contract, "task", None) != "promptable-segmentation":
+        raise EdgevitError(f"{name}: export_sam takes EfficientViT-SAM models (efficientvit-sam-*), not "
+                           f"{getattr(contract, 'task', type(model).__name__)!r}")
+    gate = MaskGate() if gate == "default" else gate
+    if eval_data is None:
+        raise EdgevitError("SAM export measures mask agreement on prompted real images: pass --eval-data DIR "
+                           "(grabcut50 layout: images, masks, prompts.json)")
+    if eval_layout not in (None, "prompts", "instances"):
+        raise EdgevitError(f"--eval-layout {eval_layout!r}: SAM eval data is 'prompts' (grabcut50) or 'instances'")
+    if eval_layout == "prompts" and not (Path(eval_data) / "prompts.json").is_file():
+        raise EdgevitError(f"{eval_data}: no prompts.json for --eval-layout prompts")
+    instances = open_sam_dataset(eval_data)
+    gate_set = instances[:eval_limit]
+    needs_calib = "int8" in (precision, decoder_precision)
+    if needs_calib and calib is None:
+        raise EdgevitError("int8 export needs real calibration photos: pass --calib DIR (a folder of photos)")
+    calib_set = load_image_set(calib, None, CALIBRATION_IMAGES) if needs_calib else None
+    s = contract.image_size
+    prep = lambda im: processing.sam_image_to_input(im, s, contract.mean, contract.std)[0]  # noqa: E731
+    calib_inputs = [prep(im) for im in calib_set.images] if calib_set else None
+
+    reference = FloatReference(Predictor(model), gate_set)
+    example = torch.from_numpy(calib_inputs[0] if calib_inputs else prep(reference.images[0]))
+    enc_friendly, enc_subs = friendly_encoder(model.image_encoder, example)
+    probe = Predictor(model)
+    probe.set_image(reference.images[0])
+    dec_example = (probe.embeddings, *probe.prompt_arrays(box=gate_set[0].box))
+    dec_friendly, dec_subs = friendly_decoder(model.prompt_decoder, tuple(torch.from_numpy(a) for a in dec_example))
+    enc_io = (_io(contract.encoder_inputs), _io(contract.encoder_outputs))
+    dec_io = (_io(contract.decoder_inputs), _io(contract.decoder_outputs))
+    contract_dict = contract.to_dict()
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    dec_path, enc_path = tmp / "decoder" / f"model{backend.extension}", tmp / "encoder" / f"model{backend.extension}"
+    runners: list[Any] = []
+    try:
+        dec_calib = None
+        if decoder_precision == "int8":
+            extra = instances[eval_limit: eval_limit + 8] or gate_set
+            dec_calib = _decoder_calibration(model, contract, extra, [io.read_image(i.image) for i in extra])
+        if progress:
+            print(f"export-sam: lowering the prompt decoder ({format}/{decoder_precision})", flush=True)
+        dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path)
+        dec_runner = backend.load(dec_path, Manifest(name, format, decoder_precision, dec_path.name, "", 0,
+                                                     *dec_io, contract_dict, {}), threads)
+        runners.append(dec_runner)
+        kept: list[dict[str, Any]] = [{"name": n, "why": "requested"} for n in keep_float]
+        sensitivity = None
+        for round_ in range(MAX_FALLBACK_ROUNDS + 1):
+            if progress:
+                print(f"export-sam: lowering the image encoder ({format}/{precision}, attempt {round_ + 1})", flush=True)
+            enc_runner = pair = None  # release the previous attempt's program before its file is rewritten
+            runners[1:] = []
+            gc.collect()
+            enc_result = _lower(backend, enc_friendly, *enc_io, precision, calib_inputs, [k["name"] for k in kept],
+                                enc_path)
+            enc_runner = backend.load(enc_path, Manifest(name, format, precision, enc_path.name, "", 0, *enc_io,
+                                                         contract_dict, {}), threads)
+            runners.append(enc_runner)
+            pair = SamArtifacts(tmp, {"model_id": name, "format": format,
+                                      "components": {"encoder": {"precision": precision}}},
+                                enc_runner, dec_runner, contract)
+            fid = reference.measure(Predictor(pair))
+            failures = (gate or MaskGate()).failures(fid)
+            if progress:
+                print(f"export-sam: {fid.summary()}", flush=True)
+            if not failures or gate is None or precision != "int8" or round_ == MAX_FALLBACK_ROUNDS:
+                break
+            if sensitivity is None:
+                sensitivity = layer_sensitivity(enc_friendly, calib_inputs[:8], calib_inputs[8:12] or calib_inputs[:2],
+                                                progress=progress)
+            worst = [x for x in sorted(sensitivity, key=lambda x: x.sqnr_db) if x.name not in {k["name"] for k in kept}]
+            for x in worst[: 2**round_]:
+                kept.append({"name": x.name, "why": f"gate failed ({'; '.join(failures)}); "
+                                                    f"emulated int8 SQNR {x.sqnr_db:.1f} dB is among the lowest"})
+        if failures and gate is not None:
+            worst_names = ", ".join(x.name for x in sorted(sensitivity or [], key=lambda x: x.sqnr_db)[:3])
+            raise GateError(f"{name} {format}/{precision} (decoder {decoder_precision}): misses its accuracy budget "
+                            f"({'; '.join(failures)}) on {len(gate_set)} instances of {eval_data}; worst layers: "
+                            f"{worst_names or 'n/a'}; use --keep-float or --no-gate",
+                            keep_float=tuple(k["name"] for k in kept))
+        runners.clear()
+        del enc_runner, dec_runner, pair
+        gc.collect()
+        top = _write_folder(tmp, name, format, precision, decoder_precision, contract_dict, contract,
+                            (enc_path, enc_io, enc_result, enc_subs), (dec_path, dec_io, dec_result, dec_subs),
+                            fid, gate or MaskGate(), failures, calib_set, kept, sensitivity, eval_data, weights)
+        _replace_dir(tmp, out)
+    finally:
+        runners.clear()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return top
+
+
+def _write_folder(tmp: Path, name, format, precision, decoder_precision, contract_dict, contract, enc, dec,
+                  fid: MaskAgreement, gate: MaskGate, failures, calib_set, kept, sensitivity, eval_data,
+                  weights) -> dict[str, Any]:
+    verdict = "passed" if not failures else "failed, written with --no-gate: " + "; ".join(failures)
+    fidelity = {**fid.to_dict(), "summary": fid.summary(), "data": str(eval_data),
+                "prompts": "box (single-mask output) and first click (3 multimask outputs), per output index",
+                "reference": "eager PyTorch fp32 through the same Predictor", "gate": gate.to_dict(),
+                "gate_result": verdict}
+    components: dict[str, Any] = {}
+    for comp, (path, io_specs, result, subs), prec in (("encoder", enc, precision), ("decoder", dec, decoder_precision)):
+        extra: dict[str, Any] = {"fidelity": {"measured_as": "the encoder+decoder pipeline, see ../manifest.json",
+                                              "mask_miou_vs_float": round(fid.miou, 3), "gate_result": verdict}}
+        if prec == "int8" and comp == "encoder":
+            extra["calibration"] = calib_set.describe()
+            extra["quantization"] = {"kept_float": kept,
+                                     "sensitivity": [x.to_dict() for x in sensitivity] if sensitivity else None}
+        manifest = _component_manifest(name, format, prec, path, io_specs, {**contract_dict, "component": comp},
+                                       result, subs, extra, weights)
+        write_manifest(manifest, path.parent)
+        components[comp] = {"path": comp, "artifact": f"{comp}/{path.name}", "sha256": manifest.sha256,
+                            "size_bytes": manifest.size_bytes, "precision": prec, "inputs": io_specs[0],
+                            "outputs": io_specs[1], "delegation": result.delegation, "notes": result.notes}
+    p = contract.max_points
+    top = {
+        "kind": KIND, "version": TOP_VERSION, "model_id": name, "task": contract.task, "format": format,
+        "components": components,
+        "contract": {**contract_dict, "prompt_slots": SLOT_RULES.format(p=p, f=contract.prompt_frame, np=p - 1,
+                                                                        nb=p - 2),
+                     "label_dtype": "float32 (values -1, 0, 1, 2, 3)"},
+        "fidelity": fidelity, "tool_versions": _tool_versions(enc[2]) | {"decoder_" + k: v for k, v in
+                                                                          dec[2].tool_versions.items()},
+        "weights": str(weights) if weights else None,
+    }
+    io.write_json(tmp / MANIFEST_NAME, top)
+    return top
+
+
+__all__ = ["SamArtifacts", "export_sam", "load_sam_artifacts", "MaskGate", "GateError"]

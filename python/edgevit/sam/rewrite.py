@@ -1,0 +1,212 @@
+"""Export-friendly forms of the EfficientViT-SAM encoder and prompt decoder (same weights, same function).
+
+Every substitution is exact in real arithmetic; :func:`friendly_encoder` and :func:`friendly_decoder` record
+them (:class:`~edgevit.lowering.rewrite.Substitution`) with the max abs difference of the whole output
+against the eager module, measured on a real input. What they fix (ExecuTorch/XNNPACK on CPU):
+
+* Encoder: the neck's bicubic ``ResizeTo`` (gather/clamp/index ops, outside XNNPACK) → two constant
+  matrix products (:class:`~edgevit.lowering.rewrite.MatmulBicubicUpsample`); LiteMLA → ``BmmLiteMLA``
+  (:func:`~edgevit.lowering.rewrite.export_friendly`); the channel LayerNorm's ``mean`` over C → a 1×1
+  convolution with constant weights 1/C.
+* Decoder: attention's 4-D ``matmul`` (exported as ``expand_copy`` + ``bmm``, ``expand_copy`` not delegated)
+  → 3-D ``bmm`` over batch·heads; ``nn.LayerNorm`` / channel LayerNorm (``native_layer_norm`` and
+  ``mean`` stay outside XNNPACK) → products with a constant 1/C vector; label comparisons (``eq``,
+  ``amax``, bool casts) → ``relu(1 - |label - value|)`` (exact for the integer labels the contract allows);
+  the dense position encoding and the slot-count triangle → constant buffers; batch-1 ``expand`` /
+  ``unsqueeze`` / ``stack`` / ``select`` → reshapes, slices and ``cat``. The decoder is specialised to
+  batch 1 (the artifact's static shape).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..lowering.rewrite import MatmulBicubicUpsample, Substitution, export_friendly
+from ..models.efficientvit_sam import LayerNorm2dEViT, ResizeTo
+from ..models.sam_decoder import MASKED, Attention, LayerNorm2d, PromptDecoder
+
+
+class ConvChannelNorm(nn.Module):
+    """LayerNorm over the channels of N×C×H×W with the means as 1×1 convolutions (weights 1/C)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight, self.bias, self.eps = weight, bias, eps
+        c = weight.numel()
+        self.register_buffer("avg", torch.full((1, c, 1, 1), 1.0 / c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x - F.conv2d(x, self.avg)
+        d = d / torch.sqrt(F.conv2d(d * d, self.avg) + self.eps)
+        return d * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+
+
+class LinearLayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the last dim with the means as ``F.linear`` with a constant 1/C row."""
+
+    def __init__(self, src: nn.LayerNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = src.weight, src.bias, src.eps
+        c = src.weight.numel()
+        self.register_buffer("avg", torch.full((1, c), 1.0 / c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x - F.linear(x, self.avg)
+        return d / torch.sqrt(F.linear(d * d, self.avg) + self.eps) * self.weight + self.bias
+
+
+class BmmAttention(nn.Module):
+    """:class:`~edgevit.models.sam_decoder.Attention` with 3-D ``bmm`` over batch·heads (same weights)."""
+
+    def __init__(self, src: Attention):
+        super().__init__()
+        self.heads = src.heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = src.q_proj, src.k_proj, src.v_proj, src.out_proj
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.heads, c // self.heads).permute(0, 2, 1, 3).reshape(b * self.heads, n, -1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        b, nq, _ = q.shape
+        nk = k.shape[1]
+        q, k, v = self._split(self.q_proj(q)), self._split(self.k_proj(k)), self._split(self.v_proj(v))
+        logits = torch.bmm(q, k.transpose(1, 2)) * (1.0 / math.sqrt(q.shape[-1]))
+        if key_bias is not None:
+            logits = (logits.reshape(b, self.heads, nq, nk) + key_bias.reshape(b, 1, 1, nk)).reshape(-1, nq, nk)
+        out = torch.bmm(torch.softmax(logits, dim=-1), v)  # (B·h)×Nq×d
+        out = out.reshape(b, self.heads, nq, -1).permute(0, 2, 1, 3).reshape(b, nq, -1)
+        return self.out_proj(out)
+
+
+def _indicator(x: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """1 where ``x == value``, 0 at other integers (``x`` holds integers)."""
+    return F.relu(1 - (x - value).abs())
+
+
+class ExportPromptDecoder(nn.Module):
+    """:class:`~edgevit.models.sam_decoder.PromptDecoder` for batch 1 in XNNPACK-delegable ops (same I/O)."""
+
+    def __init__(self, src: PromptDecoder, slots: int):
+        super().__init__()
+        pe, md = src.prompt_encoder, src.mask_decoder
+        self.prompt_encoder, self.mask_decoder = pe, md
+        with torch.no_grad():
+            self.register_buffer("dense_pe", pe.get_dense_pe().clone())
+            self.register_buffer("gauss_t", pe.pe_layer.positional_encoding_gaussian_matrix.t().contiguous())
+            self.register_buffer("label_values", torch.arange(-1.0, 4.0))  # -1 pad, 0 bg, 1 fg, 2/3 corners
+            table = torch.cat([pe.not_a_point_embed.weight] + [e.weight for e in pe.point_embeddings])  # 5×C
+            self.register_buffer("label_table_t", table.t().contiguous())
+            self.register_buffer("triangle_t", torch.triu(torch.ones(slots, slots)).t().contiguous())
+            self.register_buffer("ones_row", torch.ones(1, slots))
+            self.register_buffer("out_bias", torch.zeros(1, 1 + md.mask_tokens.weight.shape[0]))
+
+    def forward(self, embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pe, md = self.prompt_encoder, self.mask_decoder
+        p = labels.shape[1]
+        onehot = _indicator(labels.reshape(1, p, 1), self.label_values)  # 1×P×5
+        pad = onehot[:, :, 0:1]
+        proj = 2 * math.pi * F.linear(2 * ((coords + 0.5) / 1024.0) - 1, self.gauss_t)
+        point_pe = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+        sparse = point_pe * (1 - pad) + F.linear(onehot, self.label_table_t)  # 1×P×C
+        pad = pad.reshape(1, p)
+        first_pad = pad * _indicator(F.linear(pad, self.triangle_t), 1.0)  # cumulative count == 1
+        no_box = 1 - torch.clamp(F.linear(onehot[:, :, 3:4].reshape(1, p), self.ones_row), 0, 1)
+        bias = (1 - ((1 - pad) + first_pad * no_box)) * MASKED
+        flag = has_mask_input.reshape(1, 1, 1, 1)
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = flag * pe.mask_downscaling(mask_input) + (1 - flag) * no_mask
+        return self._predict(embeddings, sparse, dense, bias)
+
+    def _predict(self, image: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+                 sparse_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        md = self.mask_decoder
+        out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        k = out_tokens.shape[0] - 1
+        tokens = torch.cat([out_tokens.reshape(1, k + 1, -1), sparse], dim=1)
+        bias = torch.cat([self.out_bias, sparse_bias], dim=1)
+        src = image + dense
+        _, c, h, w = src.shape
+        hs, src = md.transformer(src, self.dense_pe, tokens, bias)
+        up = md.output_upscaling(src.transpose(1, 2).reshape(1, c, h, w))
+        hyper = torch.cat([mlp(hs[:, 1 + i : 2 + i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
+        _, c, h, w = up.shape
+        masks = torch.bmm(hyper, up.reshape(1, c, h * w)).reshape(1, k, h, w)
+        return masks, md.iou_prediction_head(hs[:, 0:1]).reshape(1, k)
+
+
+def _swap(root: nn.Module, kind: type[nn.Module], make) -> list[str]:
+    names = [n for n, m in root.named_modules() if type(m) is kind]
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        holder = root.get_submodule(parent) if parent else root
+        setattr(holder, leaf, make(holder.get_submodule(leaf)))
+    return names
+
+
+def _max_diff(a, b) -> float:
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def friendly_encoder(encoder: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Substitution]]:
+    """A copy of the image encoder for ``example``'s shape (float32 1×3×S×S real image) and its record."""
+    new = copy.deepcopy(encoder).eval()
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, tuple(a[0].shape[-2:])))
+             for n, m in new.named_modules() if isinstance(m, ResizeTo)]
+    with torch.inference_mode():
+        new(example)
+    for h in hooks:
+        h.remove()
+    subs: list[Substitution] = []
+    for name, (h, w) in sizes.items():
+        s = new.get_submodule(name).size
+        if (h, w) == (s, s):
+            _swap_one(new, name, nn.Identity())
+            subs.append(Substitution(name, f"ResizeTo({s}) on a {h}x{w} input (no-op)", "nn.Identity"))
+        else:
+            _swap_one(new, name, MatmulBicubicUpsample((h, w), (s, s)))
+            subs.append(Substitution(name, f"F.interpolate bicubic {h}x{w} -> {s}x{s}",
+                                     "two constant F.linear products with the same bicubic weights"))
+    for name in _swap(new, LayerNorm2dEViT, lambda m: ConvChannelNorm(m.weight, m.bias, m.eps)):
+        subs.append(Substitution(name, "channel LayerNorm with mean over C", "means as 1x1 convs with weights 1/C"))
+    new, more = export_friendly(new, example)
+    subs += more
+    with torch.inference_mode():
+        diff = _max_diff(encoder.eval()(example), new(example))
+    for s in subs:
+        s.max_abs_diff = diff
+    return new, subs
+
+
+def _swap_one(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def friendly_decoder(decoder: PromptDecoder, example: tuple[torch.Tensor, ...]) -> tuple[nn.Module, list[Substitution]]:
+    """:class:`ExportPromptDecoder` over a copy of ``decoder`` (batch 1, ``example``'s slot count) and its record."""
+    src = copy.deepcopy(decoder).eval()
+    subs = [Substitution(n, "Attention with 4-D matmul", "3-D bmm over batch x heads")
+            for n in _swap(src, Attention, BmmAttention)]
+    subs += [Substitution(n, "nn.LayerNorm (native_layer_norm)", "means as F.linear with a constant 1/C row")
+             for n in _swap(src, nn.LayerNorm, LinearLayerNorm)]
+    subs += [Substitution(n, "channel LayerNorm with mean over C", "means as 1x1 convs with weights 1/C")
+             for n in _swap(src, LayerNorm2d, lambda m: ConvChannelNorm(m.weight, m.bias, m.eps))]
+    new = ExportPromptDecoder(src, example[2].shape[1]).eval()
+    subs.append(Substitution("", "PromptDecoder.forward (label comparisons, runtime PE/triangle, expand/stack)",
+                             "ExportPromptDecoder: indicator arithmetic, constant buffers, reshape/slice/cat"))
+    with torch.inference_mode():
+        diff = _max_diff(decoder.eval()(*example), new(*example))
+    for s in subs:
+        s.max_abs_diff = diff
+    return new, subs
