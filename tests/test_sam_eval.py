@@ -14,7 +14,8 @@ from PIL import Image
 import edgevit
 from edgevit import io, processing
 from edgevit.errors import EdgevitError
-from edgevit.models.efficientvit_sam import SamBackboneCfg, SamContract, build
+from edgevit.models.efficientvit_sam import SamContract, build
+from edgevit.models.layers import LargeBackboneCfg
 from edgevit.sam import Predictor
 from edgevit.sam.evaluate import box_from_mask, first_click, iou_ignore, next_click, open_sam_dataset
 
@@ -174,7 +175,7 @@ def test_grabcut_prompts_match_our_derivation_from_the_masks(shared_data):
 def l0():
     """A random-weight EfficientViT-SAM with a tiny backbone (the real prompt decoder): the pipeline, fast."""
     torch.manual_seed(0)
-    cfg = SamBackboneCfg((8, 16, 16, 32, 32), (0, 0, 0, 1, 1))
+    cfg = LargeBackboneCfg((8, 16, 16, 32, 32), (0, 0, 0, 1, 1))
     model = build(cfg, (("stage4", "stage3", "stage2"), (32, 32, 16)), 1, 1).eval()
     model.contract = SamContract(512)
     return model

@@ -26,7 +26,7 @@ from torch import nn
 
 from .checkpoint import KeyMap
 from .contract import TensorSpec
-from .layers import LOCAL_BLOCKS, Chain, ConvUnit, EfficientViTBlock, FusedMBConv, Residual, Style
+from .layers import Chain, ConvUnit, FusedMBConv, LargeBackbone, LargeBackboneCfg, Residual, Style
 from .registry import register_model
 from .sam_decoder import (EMBED_DIM, EMBED_SIZE, MASK_SIZE, NUM_MASK_TOKENS, PROMPT_FRAME, MaskDecoder,
                           PromptDecoder, PromptEncoder)
@@ -109,55 +109,6 @@ class SamContract:
         }
 
 
-@dataclass(frozen=True)
-class SamBackboneCfg:
-    """EfficientViT large backbone: per-stage width, depth, block kind, expansion, fewer-norm flag.
-
-    Block kinds: "res", "fmb", "mb" (local) or "att" / "att@3" (EfficientViT blocks, LiteMLA
-    aggregation scale 5 or 3). Stage 0 is a stride-2 conv stem; each later stage starts with a
-    stride-2 block (MBConv for attention stages) with expansion ``4 × expand``.
-    """
-
-    widths: tuple[int, ...]
-    depths: tuple[int, ...]
-    blocks: tuple[str, ...] = ("res", "fmb", "fmb", "mb", "att")
-    expands: tuple[float, ...] = (1, 4, 4, 4, 6)
-    fewer_norm: tuple[bool, ...] = (False, False, False, True, True)
-    dim: int = 32
-
-
-class SamBackbone(nn.Module):
-    """EfficientViT-L/XL backbone; returns ``{"stage0": ..., "stageK": ...}`` (stride 2^(i+1))."""
-
-    def __init__(self, cfg: SamBackboneCfg, style: Style = SAM_STYLE):
-        super().__init__()
-        w, d = cfg.widths, cfg.depths
-        stem: list[nn.Module] = [ConvUnit(3, w[0], 3, 2, bn_eps=style.bn_eps, act=style.act)]
-        stem += [Residual(LOCAL_BLOCKS[cfg.blocks[0]](w[0], w[0], 1, cfg.expands[0], style, cfg.fewer_norm[0]),
-                          skip=True) for _ in range(d[0])]
-        stages, cin = [Chain(stem)], w[0]
-        for sid in range(1, len(w)):
-            kind, expand, fewer = cfg.blocks[sid], cfg.expands[sid], cfg.fewer_norm[sid]
-            attention = kind.startswith("att")
-            down = LOCAL_BLOCKS["mb" if attention else kind]
-            blocks: list[nn.Module] = [Residual(down(cin, w[sid], 2, expand * 4, style, fewer_norm=fewer), skip=False)]
-            cin = w[sid]
-            for _ in range(d[sid]):
-                if attention:
-                    scales = (3,) if kind == "att@3" else (5,)
-                    blocks.append(EfficientViTBlock(cin, cfg.dim, expand, style, scales))
-                else:
-                    blocks.append(Residual(LOCAL_BLOCKS[kind](cin, cin, 1, expand, style, fewer_norm=fewer), skip=True))
-            stages.append(Chain(blocks))
-        self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats: dict[str, torch.Tensor] = {}
-        for i, stage in enumerate(self.stages):
-            x = feats[f"stage{i}"] = stage(x)
-        return feats
-
-
 class ResizeTo(nn.Module):
     """Bicubic resize to ``size`` × ``size`` (align_corners=False) in float32; identity when already there."""
 
@@ -205,7 +156,7 @@ class LayerNorm2dEViT(nn.LayerNorm):
 class SamImageEncoder(nn.Module):
     """Backbone → neck → channel LayerNorm: N×3×S×S → N×256×64×64."""
 
-    def __init__(self, backbone: SamBackbone, neck: SamNeck):
+    def __init__(self, backbone: LargeBackbone, neck: SamNeck):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -236,8 +187,8 @@ XL_BLOCKS = dict(blocks=("res", "fmb", "fmb", "fmb", "att@3", "att@3"), expands=
                  fewer_norm=(False, False, False, False, True, True))
 
 
-def build(cfg: SamBackboneCfg, neck: tuple[tuple[str, ...], tuple[int, ...]], depth: int, expand: float) -> EfficientViTSam:
-    return EfficientViTSam(SamImageEncoder(SamBackbone(cfg), SamNeck(*neck, depth=depth, expand=expand)))
+def build(cfg: LargeBackboneCfg, neck: tuple[tuple[str, ...], tuple[int, ...]], depth: int, expand: float) -> EfficientViTSam:
+    return EfficientViTSam(SamImageEncoder(LargeBackbone(cfg, SAM_STYLE), SamNeck(*neck, depth=depth, expand=expand)))
 
 
 def _sam(model_id: str, image_size: int):
@@ -246,24 +197,24 @@ def _sam(model_id: str, image_size: int):
 
 @_sam("efficientvit-sam-l0", 512)
 def sam_l0() -> EfficientViTSam:
-    return build(SamBackboneCfg((32, 64, 128, 256, 512), (1, 1, 1, 4, 4)), L_NECK, 4, 1)
+    return build(LargeBackboneCfg((32, 64, 128, 256, 512), (1, 1, 1, 4, 4)), L_NECK, 4, 1)
 
 
 @_sam("efficientvit-sam-l1", 512)
 def sam_l1() -> EfficientViTSam:
-    return build(SamBackboneCfg((32, 64, 128, 256, 512), (1, 1, 1, 6, 6)), L_NECK, 8, 1)
+    return build(LargeBackboneCfg((32, 64, 128, 256, 512), (1, 1, 1, 6, 6)), L_NECK, 8, 1)
 
 
 @_sam("efficientvit-sam-l2", 512)
 def sam_l2() -> EfficientViTSam:
-    return build(SamBackboneCfg((32, 64, 128, 256, 512), (1, 2, 2, 8, 8)), L_NECK, 12, 1)
+    return build(LargeBackboneCfg((32, 64, 128, 256, 512), (1, 2, 2, 8, 8)), L_NECK, 12, 1)
 
 
 @_sam("efficientvit-sam-xl0", 1024)
 def sam_xl0() -> EfficientViTSam:
-    return build(SamBackboneCfg((32, 64, 128, 256, 512, 1024), (0, 1, 1, 2, 3, 3), **XL_BLOCKS), XL_NECK, 6, 4)
+    return build(LargeBackboneCfg((32, 64, 128, 256, 512, 1024), (0, 1, 1, 2, 3, 3), **XL_BLOCKS), XL_NECK, 6, 4)
 
 
 @_sam("efficientvit-sam-xl1", 1024)
 def sam_xl1() -> EfficientViTSam:
-    return build(SamBackboneCfg((32, 64, 128, 256, 512, 1024), (1, 2, 2, 4, 6, 6), **XL_BLOCKS), XL_NECK, 12, 4)
+    return build(LargeBackboneCfg((32, 64, 128, 256, 512, 1024), (1, 2, 2, 4, 6, 6), **XL_BLOCKS), XL_NECK, 12, 4)

@@ -17,7 +17,8 @@ from .. import processing
 from .checkpoint import KeyMap
 from .contract import SegContract
 from .registry import register_model
-from .layers import LOCAL_BLOCKS, Chain, ConvUnit, EfficientViTBlock, FusedMBConv, MBConv, Residual, Style
+from .layers import (LOCAL_BLOCKS, Chain, ConvUnit, EfficientViTBlock, FusedMBConv, LargeBackbone, LargeBackboneCfg,
+                     MBConv, Residual, Style)
 
 B_STYLE = Style(act="hswish", bn_eps=1e-5)
 L_STYLE = Style(act="gelu", bn_eps=1e-7)
@@ -74,37 +75,9 @@ class BackboneB(nn.Module):
         return feats
 
 
-class BackboneL(nn.Module):
+def backbone_l(cfg: BackboneCfg, style: Style) -> LargeBackbone:
     """L-series: conv stem + ResBlock, FusedMBConv stages 1–2, MBConv stage 3, EfficientViT stage 4."""
-
-    BLOCKS = ("res", "fmb", "fmb", "mb", "att")
-    EXPAND = (1, 4, 4, 4, 6)
-    FEWER_NORM = (False, False, False, True, True)
-
-    def __init__(self, cfg: BackboneCfg, style: Style):
-        super().__init__()
-        w, d = cfg.widths, cfg.depths
-        stem = [ConvUnit(3, w[0], 3, 2, bn_eps=style.bn_eps, act=style.act)]
-        stem += [Residual(LOCAL_BLOCKS["res"](w[0], w[0], 1, 1, style), skip=True) for _ in range(d[0])]
-        stages, cin = [Chain(stem)], w[0]
-        for sid in range(1, len(w)):
-            kind, expand, fewer = self.BLOCKS[sid], self.EXPAND[sid], self.FEWER_NORM[sid]
-            down = LOCAL_BLOCKS[kind if kind in ("mb", "fmb") else "mb"]
-            blocks = [Residual(down(cin, w[sid], 2, expand * 4, style, fewer_norm=fewer), skip=False)]
-            cin = w[sid]
-            for _ in range(d[sid]):
-                if kind == "att":
-                    blocks.append(EfficientViTBlock(cin, cfg.dim, expand, style))
-                else:
-                    blocks.append(Residual(LOCAL_BLOCKS[kind](cin, cin, 1, expand, style, fewer_norm=fewer), skip=True))
-            stages.append(Chain(blocks))
-        self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats: dict[str, torch.Tensor] = {}
-        for i, stage in enumerate(self.stages):
-            x = feats[f"stage{i}"] = stage(x)
-        return feats
+    return LargeBackbone(LargeBackboneCfg(cfg.widths, cfg.depths, dim=cfg.dim), style)
 
 
 class Upsample(nn.Module):
@@ -164,7 +137,7 @@ class EfficientViTSeg(nn.Module):
 
 def build(backbone: BackboneCfg, head: HeadCfg, num_classes: int) -> EfficientViTSeg:
     style = L_STYLE if backbone.large else B_STYLE
-    net = BackboneL(backbone, style) if backbone.large else BackboneB(backbone, style)
+    net = backbone_l(backbone, style) if backbone.large else BackboneB(backbone, style)
     w = backbone.widths
     return EfficientViTSeg(net, SegHead(head, (w[4], w[3], w[2]), num_classes, style))
 

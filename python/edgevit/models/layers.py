@@ -225,3 +225,52 @@ class EfficientViTBlock(nn.Module):
 
 
 LOCAL_BLOCKS: dict[str, type[nn.Module]] = {"ds": DSConv, "mb": MBConv, "fmb": FusedMBConv, "res": ResBlock}
+
+
+@dataclass(frozen=True)
+class LargeBackboneCfg:
+    """EfficientViT large backbone: per-stage width, depth, block kind, expansion, fewer-norm flag.
+
+    Block kinds: "res", "fmb", "mb" (local) or "att" / "att@3" (EfficientViT blocks, LiteMLA
+    aggregation scale 5 or 3). Stage 0 is a stride-2 conv stem; each later stage starts with a
+    stride-2 block (MBConv for attention stages) with expansion ``4 × expand``.
+    """
+
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    blocks: tuple[str, ...] = ("res", "fmb", "fmb", "mb", "att")
+    expands: tuple[float, ...] = (1, 4, 4, 4, 6)
+    fewer_norm: tuple[bool, ...] = (False, False, False, True, True)
+    dim: int = 32
+
+
+class LargeBackbone(nn.Module):
+    """EfficientViT-L/XL backbone (segmentation L1/L2, SAM L0–XL1); returns ``{"stage0": ..., "stageK": ...}`` (stride 2^(i+1))."""
+
+    def __init__(self, cfg: LargeBackboneCfg, style: Style):
+        super().__init__()
+        w, d = cfg.widths, cfg.depths
+        stem: list[nn.Module] = [ConvUnit(3, w[0], 3, 2, bn_eps=style.bn_eps, act=style.act)]
+        stem += [Residual(LOCAL_BLOCKS[cfg.blocks[0]](w[0], w[0], 1, cfg.expands[0], style, cfg.fewer_norm[0]),
+                          skip=True) for _ in range(d[0])]
+        stages, cin = [Chain(stem)], w[0]
+        for sid in range(1, len(w)):
+            kind, expand, fewer = cfg.blocks[sid], cfg.expands[sid], cfg.fewer_norm[sid]
+            attention = kind.startswith("att")
+            down = LOCAL_BLOCKS["mb" if attention else kind]
+            blocks: list[nn.Module] = [Residual(down(cin, w[sid], 2, expand * 4, style, fewer_norm=fewer), skip=False)]
+            cin = w[sid]
+            for _ in range(d[sid]):
+                if attention:
+                    scales = (3,) if kind == "att@3" else (5,)
+                    blocks.append(EfficientViTBlock(cin, cfg.dim, expand, style, scales))
+                else:
+                    blocks.append(Residual(LOCAL_BLOCKS[kind](cin, cin, 1, expand, style, fewer_norm=fewer), skip=True))
+            stages.append(Chain(blocks))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats: dict[str, torch.Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            x = feats[f"stage{i}"] = stage(x)
+        return feats
