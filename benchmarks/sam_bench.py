@@ -1,19 +1,28 @@
 """EfficientViT-SAM latency benchmark: image encoders and the prompt decoder, side by side in one run.
 
     .venv/bin/python benchmarks/sam_bench.py [--threads 2] [--runs 5] [--vit-runs 2] [--decoder-runs 20] [--out runs/sam_bench]
+        [--artifacts efficientvit-sam-l0:pte:int8,efficientvit-sam-l0:pte:fp32,...] [--exports runs/sam_exports]
+        [--calib ../shared/data/sam] [--eval-data ../shared/data/sam/grabcut50] [--eval-limit 8]
 
 Rows (random weights, same process, same threads; p50 of ``--runs`` timed calls after one warm-up):
 - efficientvit-sam-l0 / -xl0 image encoder, eager fp32 PyTorch, at 512 / 1024
 - SAM ViT-B image encoder (our own implementation, benchmarks/sam_vit_b.py), eager fp32, at 1024
 - the prompt decoder (16 prompt slots, mask input on) of L0, eager fp32
-Issue targets measured here: ViT-B / L0 encoder ratio; decoder time as a fraction of the L0 encoder.
-Rows for exported artifacts are added by appending ``Row``s whose ``fn`` calls a runner (see ``rows``).
+- exported artifacts (``--artifacts id:format:precision,...``, encoder at that precision, decoder fp32): the
+  folder ``--exports/<id>-<format>-<precision>`` is reused when it exists, else written by ``export_sam``
+  (int8 calibrated on the photos of ``--calib``, gated on ``--eval-data``, ``--no-gate`` semantics off: a
+  failing gate is reported and that artifact skipped). Encoder and decoder rows, timed through their runners on
+  a real grabcut photo and its box prompt, with artifact size and the mask agreement measured at export
+  (mask mIoU vs the float pipeline, 100 = identical).
+Issue targets measured here: ViT-B / L0 encoder ratio; decoder time as a fraction of the L0 encoder; each
+artifact encoder against its eager fp32 encoder and against ViT-B.
 Writes ``sam_bench.json`` and ``sam_bench.md`` under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -41,6 +50,9 @@ class Row:
     fn: Callable[[], object]
     runs: int
     p50_s: float = float("nan")
+    size_mb: float | None = None
+    agreement: float | None = None  # mask mIoU vs float, %
+    model_id: str = ""
 
     def measure(self) -> None:
         self.fn()  # warm-up
@@ -57,7 +69,7 @@ def _encoder_row(model_id: str, runs: int) -> tuple[Row, torch.nn.Module]:
     s = model.contract.image_size
     x = torch.randn(1, 3, s, s)
     return Row(f"{model_id} encoder", "eager fp32", f"1x3x{s}x{s}", count_params(model.image_encoder),
-               lambda: _infer(model.image_encoder, x), runs), model
+               lambda: _infer(model.image_encoder, x), runs, model_id=model_id), model
 
 
 def _infer(module: torch.nn.Module, *args: torch.Tensor) -> object:
@@ -82,6 +94,66 @@ def rows(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
     return [l0_row, xl0_row, vit_row, dec_row], macs
 
 
+def _artifact_rows(args: argparse.Namespace) -> list[Row]:
+    """Encoder and decoder rows of each ``--artifacts`` entry (exported into ``--exports`` when missing)."""
+    from edgevit import processing
+    from edgevit.export import GateError
+    from edgevit.sam import Predictor
+    from edgevit.sam.evaluate import open_sam_dataset
+    from edgevit.sam.export import export_sam, load_sam_artifacts
+
+    inst = open_sam_dataset(args.eval_data, limit=1)[0]
+    image = io.read_image(inst.image)
+    table = []
+    for spec in filter(None, args.artifacts.split(",")):
+        model_id, fmt, prec = spec.split(":")
+        folder = Path(args.exports) / f"{model_id}-{fmt}-{prec}"
+        if not (folder / "manifest.json").is_file():
+            print(f"exporting {model_id} {fmt}/{prec} into {folder} ...", file=sys.stderr, flush=True)
+            try:
+                export_sam(model_id, fmt, prec, folder, calib=args.calib, eval_data=args.eval_data,
+                           eval_limit=args.eval_limit, threads=args.threads)
+            except GateError as exc:
+                print(f"skipped {spec}: {exc}", file=sys.stderr)
+                continue
+        art = load_sam_artifacts(folder, threads=args.threads)
+        top, c = art.manifest, art.manifest["components"]
+        s = art.contract.image_size
+        x = processing.sam_image_to_input(image, s, art.contract.mean, art.contract.std)[0]
+        pred = Predictor(art)
+        pred.set_image(image)
+        names = ("embeddings", "coords", "labels", "mask_input", "has_mask_input")
+        feed = dict(zip(names, (pred.embeddings, *pred.prompt_arrays(box=inst.box))))
+        agreement = top["fidelity"]["mask_miou_vs_float"]
+        table.append(Row(f"{model_id} encoder", f"{fmt} {prec}", f"1x3x{s}x{s}", 0,
+                         lambda e=art.encoder, x=x: e.run({"image": x}), args.runs,
+                         size_mb=c["encoder"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))
+        table.append(Row(f"prompt decoder ({model_id})", f"{fmt} {c['decoder']['precision']}",
+                         f"{art.contract.max_points} prompt slots + mask", 0,
+                         lambda d=art.decoder, f=feed: d.run(f), args.decoder_runs,
+                         size_mb=c["decoder"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))
+    return table
+
+
+def _ratios(table: list[Row]) -> list[str]:
+    """Issue targets, from rows measured in this run."""
+    eager = {r.model_id: r for r in table if r.runner == "eager fp32" and r.name.endswith(" encoder")}
+    vit = next(r for r in table if r.name.startswith("SAM ViT-B"))
+    l0_enc = [r for r in table if r.model_id == "efficientvit-sam-l0" and r.name.endswith(" encoder")]
+    lines = []
+    for r in table:
+        if r.runner == "eager fp32" or not r.name.endswith(" encoder"):
+            continue
+        base = eager.get(r.model_id)
+        vs_eager = f"{base.p50_s / r.p50_s:.2f}x faster than its eager fp32" if base else "no eager row"
+        lines.append(f"{r.model_id} encoder {r.runner}: {vs_eager}; {vit.p50_s / r.p50_s:.1f}x faster than ViT-B")
+    for r in table:
+        if r.name.startswith("prompt decoder"):
+            shares = ", ".join(f"{100 * r.p50_s / e.p50_s:.1f}% of L0 encoder {e.runner}" for e in l0_enc)
+            lines.append(f"{r.name} {r.runner}: {shares}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -89,29 +161,45 @@ def main() -> None:
     ap.add_argument("--vit-runs", type=int, default=2)
     ap.add_argument("--decoder-runs", type=int, default=20)
     ap.add_argument("--out", default=str(ROOT / "runs" / "sam_bench"))
+    ap.add_argument("--artifacts", default="", help="id:format:precision,... e.g. efficientvit-sam-l0:pte:int8")
+    ap.add_argument("--exports", default=str(ROOT / "runs" / "sam_exports"), help="exported folders (reused)")
+    ap.add_argument("--calib", default=str(ROOT.parent / "shared" / "data" / "sam"), help="int8 calibration photos")
+    ap.add_argument("--eval-data", default=str(ROOT.parent / "shared" / "data" / "sam" / "grabcut50"))
+    ap.add_argument("--eval-limit", type=int, default=8, help="instances the export gate measures")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     table, macs = rows(args)
+    table += _artifact_rows(args)
+    load_before = os.getloadavg()
     for row in table:
         print(f"measuring {row.name} ({row.runner}, {row.runs} runs) ...", file=sys.stderr, flush=True)
         row.measure()
+    load_after = os.getloadavg()
     l0 = table[0].p50_s
-    lines = [f"threads={args.threads}, torch {torch.__version__}; ratios against the L0 encoder in this run",
-             "", "| model | runner | input | params | p50 | vs L0 encoder |", "|---|---|---|---|---|---|"]
+    lines = [f"threads={args.threads}, torch {torch.__version__}; ratios against the L0 encoder in this run; "
+             f"load average (1/5/15 min) {'/'.join(f'{v:.1f}' for v in load_before)} before, "
+             f"{'/'.join(f'{v:.1f}' for v in load_after)} after",
+             "", "| model | runner | input | params | size | p50 | vs L0 encoder | mask mIoU vs float |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r.name} | {r.runner} | {r.input} | {r.params / 1e6:.1f}M | {r.p50_s * 1e3:.0f} ms | "
-                     f"{r.p50_s / l0:.2f}x |")
+        params = f"{r.params / 1e6:.1f}M" if r.params else "-"
+        size = f"{r.size_mb:.1f} MB" if r.size_mb is not None else "-"
+        agree = f"{r.agreement:.2f}" if r.agreement is not None else "-"
+        lines.append(f"| {r.name} | {r.runner} | {r.input} | {params} | {size} | {r.p50_s * 1e3:.0f} ms | "
+                     f"{r.p50_s / l0:.2f}x | {agree} |")
     lines += ["", f"ViT-B encoder / L0 encoder: {table[2].p50_s / l0:.1f}x (MACs {macs['vit'] / 1e9:.0f}G vs "
-              f"{macs['l0'] / 1e9:.1f}G); prompt decoder = {100 * table[3].p50_s / l0:.1f}% of the L0 encoder"]
+              f"{macs['l0'] / 1e9:.1f}G); prompt decoder = {100 * table[3].p50_s / l0:.1f}% of the L0 encoder",
+              *_ratios(table)]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     io.write_text(out / "sam_bench.md", text + "\n")
-    io.write_json(out / "sam_bench.json", {"threads": args.threads, "rows": [
-        {"name": r.name, "runner": r.runner, "input": r.input, "params": r.params, "runs": r.runs, "p50_s": r.p50_s}
-        for r in table]})
+    io.write_json(out / "sam_bench.json", {"threads": args.threads, "load_average": [load_before, load_after],
+                                           "rows": [
+        {"name": r.name, "runner": r.runner, "input": r.input, "params": r.params, "runs": r.runs, "p50_s": r.p50_s,
+         "size_mb": r.size_mb, "mask_miou_vs_float": r.agreement} for r in table]})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""SAM export: two artifacts tied by one manifest, equal to eager, gated in mask terms, loadable by Predictor.
+
+A random-weight EfficientViT-SAM with a tiny backbone at a 256 input (the real SAM neck width, prompt
+encoder and mask decoder; the contract's 64×64 embedding), exported on ONNX (fastest) and ExecuTorch.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit import io, load_artifact, processing
+from edgevit.cli import main
+from edgevit.errors import EdgevitError
+from edgevit.export import GateError
+from edgevit.models.efficientvit_sam import SamContract, build
+from edgevit.sam import Predictor
+from edgevit.sam.evaluate import open_sam_dataset
+from edgevit.sam.export import export_sam, load_sam_artifacts
+from edgevit.sam.fidelity import MaskGate, mask_iou
+from edgevit.sam.rewrite import friendly_decoder, friendly_encoder
+
+try:  # the backbone config moved to models.layers; accept both layouts
+    from edgevit.models.layers import LargeBackboneCfg as BackboneCfg
+except ImportError:  # pragma: no cover
+    from edgevit.models.efficientvit_sam import SamBackboneCfg as BackboneCfg
+
+GRABCUT = "sam/grabcut50"
+SA_EXAMPLES = "sam/sa_examples"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build(BackboneCfg((8, 16, 16, 32, 32), (0, 0, 0, 1, 1)), (("stage4", "stage3", "stage2"), (32, 32, 16)),
+                  1, 1).eval()
+    model.contract = SamContract(256)
+    model.model_id = "tiny-sam-test"
+    return model
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tiny, shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sam_onnx") / "sam"
+    top = export_sam(tiny, "onnx", "fp32", out, eval_data=shared_data / GRABCUT, eval_limit=1, threads=1,
+                     progress=False)
+    return out, top
+
+
+def _real_inputs(tiny, shared_data):
+    inst = open_sam_dataset(shared_data / GRABCUT, limit=1)[0]
+    p = Predictor(tiny)
+    image = io.read_image(inst.image)
+    p.set_image(image)
+    x = torch.from_numpy(processing.sam_image_to_input(image, 256, tiny.contract.mean, tiny.contract.std)[0])
+    return inst, image, x, (p.embeddings, *p.prompt_arrays(points=[inst.first_click], labels=[1]))
+
+
+def test_rewrites_are_exact_on_a_real_image(tiny, shared_data):
+    _, _, x, dec_in = _real_inputs(tiny, shared_data)
+    enc, subs = friendly_encoder(tiny.image_encoder, x)
+    kinds = {s.replacement.split(" ")[0] for s in subs}
+    assert any("LiteMLA" in s.original for s in subs) and any("bicubic" in s.original for s in subs), kinds
+    assert subs[0].max_abs_diff < 1e-4  # embeddings are LayerNorm outputs of O(1)
+    dec, dsubs = friendly_decoder(tiny.prompt_decoder, tuple(torch.from_numpy(a) for a in dec_in))
+    assert sum("bmm" in s.replacement for s in dsubs) == 7  # every attention of the two-way transformer
+    assert dsubs[0].max_abs_diff < 1e-3  # mask logits of O(10)
+
+
+def test_folder_layout_and_top_manifest_tie_the_components(onnx_folder):
+    out, top = onnx_folder
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved == json.loads(json.dumps(top))
+    assert saved["task"] == "promptable-segmentation" and saved["model_id"] == "tiny-sam-test"
+    enc, dec = saved["components"]["encoder"], saved["components"]["decoder"]
+    assert enc["artifact"] == "encoder/model.onnx" and dec["artifact"] == "decoder/model.onnx"
+    assert [i["shape"] for i in enc["inputs"]] == [[1, 3, 256, 256]]
+    assert [i["shape"] for i in dec["inputs"]] == [[1, 256, 64, 64], [1, 16, 2], [1, 16], [1, 1, 256, 256], [1]]
+    assert [o["shape"] for o in dec["outputs"]] == [[1, 4, 256, 256], [1, 4]]
+    for comp in (enc, dec):
+        m = json.loads((out / comp["path"] / "manifest.json").read_text())
+        assert m["sha256"] == comp["sha256"] and m["precision"] == "fp32"
+    assert saved["fidelity"]["gate_result"] == "passed" and saved["fidelity"]["mask_miou_vs_float"] > 99
+    assert "16 prompt slots" in saved["contract"]["prompt_slots"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_artifacts_match_eager(tiny, onnx_folder, shared_data):
+    out, _ = onnx_folder
+    _, _, x, dec_in = _real_inputs(tiny, shared_data)
+    enc = load_artifact(out / "encoder")
+    with torch.inference_mode():
+        ref = tiny.image_encoder(x).numpy()
+        ref_masks, ref_iou = (t.numpy() for t in tiny.prompt_decoder(*(torch.from_numpy(a) for a in dec_in)))
+    got = enc.run({"image": x.numpy()})["embeddings"]
+    np.testing.assert_allclose(got, ref, atol=1e-4)  # fp32 graph vs eager: float rounding only
+    dec = load_artifact(out / "decoder")
+    names = ("embeddings", "coords", "labels", "mask_input", "has_mask_input")
+    y = dec.run(dict(zip(names, dec_in)))
+    np.testing.assert_allclose(y["masks"], ref_masks, atol=2e-3)
+    np.testing.assert_allclose(y["iou"], ref_iou, atol=1e-4)
+
+
+def test_predictor_on_artifacts_gives_the_eager_masks(tiny, onnx_folder, shared_data):
+    out, _ = onnx_folder
+    inst, image, _, _ = _real_inputs(tiny, shared_data)
+    eager, art = Predictor(tiny), Predictor(load_sam_artifacts(out, threads=1))
+    for p in (eager, art):
+        p.set_image(image)
+    for kwargs in ({"box": inst.box, "multimask": False}, {"points": [inst.first_click], "labels": [1]}):
+        (em, es, el), (am, as_, al) = eager.predict(**kwargs), art.predict(**kwargs)
+        np.testing.assert_allclose(al, el, atol=2e-3)
+        np.testing.assert_allclose(as_, es, atol=1e-4)
+        assert all(mask_iou(a, e) > 0.999 for a, e in zip(am, em))
+
+
+def test_tampered_artifact_is_refused(onnx_folder, tmp_path):
+    import shutil
+
+    src, _ = onnx_folder
+    out = tmp_path / "sam"
+    shutil.copytree(src, out)
+    blob = bytearray((out / "decoder" / "model.onnx").read_bytes())
+    blob[-1] ^= 0xFF
+    (out / "decoder" / "model.onnx").write_bytes(bytes(blob))
+    with pytest.raises(EdgevitError, match="decoder sha256 .* top-level manifest"):
+        load_sam_artifacts(out)
+    with pytest.raises(EdgevitError, match="not a SAM artifact folder"):
+        load_sam_artifacts(out / "encoder")
+
+
+def test_eval_sam_cli_takes_an_artifact_folder(onnx_folder, shared_data, tmp_path, capsys):
+    out, _ = onnx_folder
+    assert main(["eval-sam", str(out), "--data", str(shared_data / GRABCUT), "--limit", "1", "--prompts", "box",
+                 "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "eval_sam.json").read_text())
+    assert saved["model"] == "tiny-sam-test (onnx/fp32)" and 0 <= saved["miou"]["box"] <= 1
+
+
+def test_export_cli_dispatches_sam_ids(tmp_path, capsys):
+    assert main(["export", "efficientvit-sam-l0", "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    assert "pass --eval-data DIR (grabcut50 layout" in capsys.readouterr().err
+
+
+def test_gate_failure_raises_and_keeps_the_old_folder(tiny, shared_data, tmp_path):
+    out = tmp_path / "sam"
+    out.mkdir()
+    (out / "old.txt").write_text("previous export")
+    with pytest.raises(GateError, match=r"mask mIoU vs float 100\.00 .*worst layers"):
+        export_sam(tiny, "onnx", "fp32", out, eval_data=shared_data / GRABCUT, eval_limit=1, threads=1,
+                   gate=MaskGate(max_drop=-1.0), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["sam"] and (out / "old.txt").read_text() == "previous export"
+
+
+def test_pte_int8_encoder_fp32_decoder_delegates(tiny, shared_data, tmp_path):
+    out = tmp_path / "sam"
+    top = export_sam(tiny, "pte", "int8", out, calib=shared_data / SA_EXAMPLES, eval_data=shared_data / GRABCUT,
+                     eval_limit=1, threads=1, gate=None, progress=False)
+    enc, dec = top["components"]["encoder"], top["components"]["decoder"]
+    assert enc["precision"] == "int8" and dec["precision"] == "fp32"
+    assert enc["delegation"]["partitions"] == 1 and enc["delegation"]["non_delegated_compute_nodes"] == 0
+    outside = dec["delegation"]["non_delegated_ops"]
+    assert not [op for op in outside if "bmm" in op or "expand" in op or "softmax" in op or "layer_norm" in op], outside
+    m = json.loads((out / "encoder" / "manifest.json").read_text())
+    assert m["calibration"]["count"] == 3 and m["quantization"]["weighted_ops_int8"] > 0
+    assert 0 <= top["fidelity"]["mask_miou_vs_float"] <= 100
+    art = load_sam_artifacts(out, threads=1)
+    inst, image, x, _ = _real_inputs(tiny, shared_data)
+    emb = art.encode(x.numpy())
+    with torch.inference_mode():
+        ref = tiny.image_encoder(x).numpy()
+    cos = float((emb * ref).sum() / np.linalg.norm(emb) / np.linalg.norm(ref))
+    assert cos > 0.9, cos  # int8 embeddings still point the float way (random weights, 3 calibration photos)
