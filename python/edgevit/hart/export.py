@@ -1,0 +1,288 @@
+"""``export_hart``: a HART model → static-shape programs (one per transformer scale, the residual-diffusion
+MLP step, the tokenizer decoder) for one format, in the folder layout of :mod:`edgevit.hart.artifacts`.
+
+Steps: wrap each program as a tensor-only module (:class:`~edgevit.hart.transformer.ScaleStep` at the
+scale's fixed cache offset, :class:`DiffusionStep`, :class:`Decode`); lower them with the backend; load
+them back and drive them with the same host loop as the eager model (:class:`ArtifactPrograms`); compare
+tokens and images with eager fp32 for the same seeds (:func:`measure`); gate; write everything into a
+temporary folder next to ``out`` and rename it into place.
+
+Precision: the transformer steps stay fp32 (int8 logits would change the sampled tokens); ``precision``
+applies to the diffusion MLP and the decoder, which do not feed back into the token sampling, so the
+gate can demand identical tokens at every precision and bound the image error by PSNR. int8 calibrates
+on the inputs those programs see while the eager model generates (seeds disjoint from the gate's).
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import io
+from ..errors import EdgevitError
+from ..export import _replace_dir, _tool_versions
+from ..lowering.base import ExportRequest, IOSpec, get_backend
+from ..manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest
+from .artifacts import HOST_FILE, KIND, TOP_VERSION, ArtifactPrograms, component_names, host_state
+from .contract import GenContract
+from .model import HartModel
+from .sampler import EagerPrograms, Generated, Programs, SamplerSettings, generate
+from .transformer import ScaleStep
+
+GATE_SEEDS = (0, 1)
+CALIB_SEEDS = (100, 101, 102, 103)
+PSNR_CAP = 100.0  # dB reported for identical images
+
+
+class DiffusionStep(nn.Module):
+    """One call of the residual MLP: x N×Cz, t N float32 (original step index), c N×C -> N×2Cz."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, c)
+
+
+class Decode(nn.Module):
+    """Tokenizer decoder: latent B×Cz×P×P -> image B×3×H×W in [-1, 1]."""
+
+    def __init__(self, tokenizer: nn.Module):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(latent)
+
+
+@dataclass
+class GenFidelity:
+    """Artifact vs eager fp32 over ``images`` generations: fraction of equal tokens (all scales), image PSNR
+    (dB, [-1, 1] range; min over images, capped at 100) and max absolute pixel difference."""
+
+    images: int
+    token_agreement: float
+    psnr_min_db: float
+    max_abs_diff: float
+
+    def summary(self) -> str:
+        return (f"tokens {100 * self.token_agreement:.2f}% equal, image PSNR >= {self.psnr_min_db:.1f} dB, "
+                f"max |diff| {self.max_abs_diff:.2e} over {self.images} images")
+
+
+@dataclass(frozen=True)
+class GenGate:
+    """Budget: every token equal, image PSNR vs eager fp32 of at least ``min_psnr_db``."""
+
+    min_token_agreement: float = 1.0
+    min_psnr_db: float = 40.0
+
+    def failures(self, fid: GenFidelity) -> list[str]:
+        out = []
+        if fid.token_agreement < self.min_token_agreement:
+            out.append(f"token agreement {100 * fid.token_agreement:.2f}% < {100 * self.min_token_agreement:.2f}%")
+        if fid.psnr_min_db < self.min_psnr_db:
+            out.append(f"image PSNR {fid.psnr_min_db:.1f} dB < {self.min_psnr_db:.1f} dB")
+        return out
+
+
+def default_gate(precision: str) -> GenGate:
+    return GenGate(min_psnr_db=40.0 if precision == "fp32" else 25.0)
+
+
+def generate_one(programs: Programs, model: HartModel, label: int, seed: int, settings: SamplerSettings) -> Generated:
+    """One class-conditional image with ``programs`` (host pieces from ``model``), seeded."""
+    t = model.transformer
+    lab = torch.tensor([label], dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    return generate(programs, t.condition_from_labels(lab), t.condition_from_labels(t.null_labels(1)), settings, gen)
+
+
+def measure(reference: Programs, candidate: Programs, model: HartModel, settings: SamplerSettings,
+            labels: list[int], seeds: tuple[int, ...] = GATE_SEEDS) -> GenFidelity:
+    same = total = 0
+    psnrs, worst = [], 0.0
+    for seed in seeds:
+        for label in labels:
+            a = generate_one(reference, model, label, seed, settings)
+            b = generate_one(candidate, model, label, seed, settings)
+            for ta, tb in zip(a.tokens, b.tokens, strict=True):
+                same += int((ta == tb).sum())
+                total += ta.numel()
+            mse = float((a.images - b.images).pow(2).mean())
+            psnrs.append(PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * float(np.log10(4.0 / mse))))
+            worst = max(worst, float((a.images - b.images).abs().max()))
+    return GenFidelity(len(psnrs), same / total, min(psnrs), worst)
+
+
+def _io(specs, dims: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"name": s.name, "shape": [dims[d] if isinstance(d, str) else d for d in s.shape], "dtype": s.dtype,
+             "layout": s.layout} for s in specs]
+
+
+def program_specs(contract: GenContract, batch: int) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Concrete I/O (manifest dicts) of every program at ``batch`` step rows (2 per image under CFG)."""
+    progs = contract.programs()
+    out = {}
+    for si, pn in enumerate(contract.patch_nums):
+        dims = {"B": batch, "l": contract.prefix_len if si == 0 else pn * pn}
+        out[f"step_{si}"] = (_io(progs["step"]["inputs"], dims), _io(progs["step"]["outputs"], dims))
+    dims = {"N": batch * contract.patch_nums[-1] ** 2, "B": 1}
+    for name in ("diffusion", "decoder"):
+        out[name] = (_io(progs[name]["inputs"], dims), _io(progs[name]["outputs"], dims))
+    return out
+
+
+def step_starts(contract: GenContract) -> list[int]:
+    starts, pos = [], 0
+    for si, pn in enumerate(contract.patch_nums):
+        starts.append(pos)
+        pos += contract.prefix_len if si == 0 else pn * pn
+    return starts
+
+
+class _Recorder(EagerPrograms):
+    """Eager programs that record the diffusion and decoder inputs (int8 calibration samples)."""
+
+    def __init__(self, model: HartModel):
+        super().__init__(model)
+        self.diffusion_inputs: list[tuple[np.ndarray, ...]] = []
+        self.decoder_inputs: list[tuple[np.ndarray, ...]] = []
+
+    def residual(self, z, guidance, generator, temperature):
+        def net(x, t, c):
+            self.diffusion_inputs.append((x.numpy().copy(), t.float().numpy().copy(), c.numpy().copy()))
+            return self.model.diffusion.net(x, t, c)
+        return self.model.diffusion.sample(z, guidance, generator, temperature, net=net)
+
+    def decode(self, latent):
+        self.decoder_inputs.append((latent.numpy().copy(),))
+        return super().decode(latent)
+
+
+def _calibration(model: HartModel, settings: SamplerSettings, labels: list[int]) -> dict[str, list]:
+    rec = _Recorder(model)
+    for seed in CALIB_SEEDS:
+        for label in labels:
+            generate_one(rec, model, label, seed, settings)
+    return {"diffusion": rec.diffusion_inputs, "decoder": rec.decoder_inputs}
+
+
+def resolve_model(model: HartModel | str | Path) -> tuple[HartModel, str | None]:
+    """A HartModel, or a checkpoint folder (upstream layout, loaded strictly)."""
+    if isinstance(model, HartModel):
+        return model.eval(), None
+    from .checkpoint import load_folder
+
+    return load_folder(model).eval(), str(model)
+
+
+def export_hart(model: HartModel | str | Path, format: str, out: str | Path, precision: str = "fp32",
+                settings: SamplerSettings = SamplerSettings(cfg=1.5), gate: GenGate | str | None = "default",
+                labels: list[int] | None = None, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Export ``model`` (a :class:`HartModel` or a checkpoint folder) to ``format`` (pte | tflite | onnx) into
+    the folder ``out``; ``precision`` (fp32 | int8) applies to the diffusion MLP and the decoder. ``settings``:
+    the sampler defaults stored in the manifest and used by the gate (CFG on -> 2 step rows per image).
+    ``labels``: classes the gate generates (default: up to 4). Returns the top-level manifest."""
+    backend = get_backend(format)
+    if precision not in ("fp32", "int8") or precision not in backend.precisions:
+        raise EdgevitError(f"{format}: HART precision {precision!r} is not supported; choose fp32 or int8")
+    model, weights = resolve_model(model)
+    cfg = model.cfg
+    if cfg.transformer.num_classes <= 0:
+        raise EdgevitError(f"{cfg.name}: HART export gates class-conditional models; text-conditioned export "
+                           "is not built yet")
+    gate = default_gate(precision) if gate == "default" else gate
+    labels = list(range(min(4, cfg.transformer.num_classes))) if labels is None else list(labels)
+    contract = GenContract.from_config(cfg)
+    batch = 2 if settings.cfg != 0 else 1
+    specs, starts = program_specs(contract, batch), step_starts(contract)
+    modules: dict[str, nn.Module] = {f"step_{si}": ScaleStep(model.transformer, s) for si, s in enumerate(starts)}
+    modules["diffusion"], modules["decoder"] = DiffusionStep(model.diffusion.net), Decode(model.tokenizer)
+    for module in modules.values():
+        module.eval()
+    calib = _calibration(model, settings, labels) if precision == "int8" else {}
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        results, runners = {}, {}
+        for name in component_names(len(contract.patch_nums)):
+            prec = precision if name in ("diffusion", "decoder") else "fp32"
+            path = tmp / name / f"model{backend.extension}"
+            path.parent.mkdir()
+            if progress:
+                print(f"export-hart: lowering {name} ({format}/{prec})", flush=True)
+            ins, outs = specs[name]
+            request = ExportRequest.multi(modules[name], [IOSpec.from_dict(d) for d in ins], [d["name"] for d in outs],
+                                          prec, path, calib.get(name) if prec == "int8" else None)
+            results[name] = (backend.export(request), prec)
+            runners[name] = backend.load(path, Manifest(cfg.name, format, prec, path.name, "", 0, ins, outs,
+                                                        contract.to_dict(), {}), threads)
+        fid = measure(EagerPrograms(model), ArtifactPrograms(model, runners, batch, starts), model, settings, labels)
+        failures = gate.failures(fid) if gate else []
+        if progress:
+            print(f"export-hart: {fid.summary()}", flush=True)
+        runners.clear()
+        gc.collect()
+        if failures and gate is not None:
+            raise EdgevitError(f"{cfg.name} {format}/{precision}: misses its fidelity budget vs eager fp32 "
+                               f"({'; '.join(failures)}); use gate=None (--no-gate) to write it anyway")
+        top = _write_folder(tmp, model, format, precision, contract, settings, batch, starts, specs, results, fid,
+                            gate or default_gate(precision), failures, labels, weights)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return top
+
+
+def _write_folder(tmp: Path, model: HartModel, format, precision, contract: GenContract, settings, batch, starts,
+                  specs, results, fid: GenFidelity, gate: GenGate, failures, labels, weights) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    verdict = "passed" if not failures else "failed, written with --no-gate: " + "; ".join(failures)
+    components: dict[str, Any] = {}
+    for name, (result, prec) in results.items():
+        path = tmp / name / f"model{get_backend(format).extension}"
+        quant = result.quantization if prec == "int8" else None
+        calib = {"source": f"inputs of this program during eager generation, seeds {list(CALIB_SEEDS)}, "
+                           f"classes {labels}"} if prec == "int8" else None
+        manifest = Manifest(model_id=model.cfg.name, format=format, precision=prec, artifact=path.name,
+                            sha256=sha256_file(path), size_bytes=path.stat().st_size, inputs=specs[name][0],
+                            outputs=specs[name][1], contract={**contract.to_dict(), "component": name},
+                            tool_versions=_tool_versions(result), calibration=calib, quantization=quant,
+                            delegation=result.delegation,
+                            fidelity={"measured_as": "the whole sampler, see ../manifest.json", "gate_result": verdict},
+                            weights=weights)
+        write_manifest(manifest, path.parent)
+        components[name] = {"path": name, "artifact": f"{name}/{path.name}", "sha256": manifest.sha256,
+                            "size_bytes": manifest.size_bytes, "precision": prec, "inputs": specs[name][0],
+                            "outputs": specs[name][1], "delegation": result.delegation, "notes": result.notes}
+    save_file(host_state(model), str(tmp / HOST_FILE))
+    first = next(iter(results.values()))[0]
+    top = {
+        "kind": KIND, "version": TOP_VERSION, "model_id": model.cfg.name, "task": contract.task, "format": format,
+        "precision": precision, "config": model.cfg.to_dict(), "contract": contract.to_dict(),
+        "sampler": asdict(settings) | {"top_k": settings.top_k if isinstance(settings.top_k, int) else list(settings.top_k)},
+        "batch": batch, "starts": starts, "components": components,
+        "host": {"file": HOST_FILE, "sha256": sha256_file(tmp / HOST_FILE),
+                 "holds": "class/level/word embeddings, codebook, quantizer residual convs, decoder_norm"},
+        "fidelity": {**asdict(fid), "summary": fid.summary(), "reference": "eager PyTorch fp32, same host loop and seeds",
+                     "labels": labels, "seeds": list(GATE_SEEDS), "gate": asdict(gate), "gate_result": verdict},
+        "tool_versions": _tool_versions(first), "weights": weights,
+    }
+    io.write_json(tmp / MANIFEST_NAME, top)
+    return top
+
+
+__all__ = ["export_hart", "measure", "GenFidelity", "GenGate", "DiffusionStep", "Decode"]
