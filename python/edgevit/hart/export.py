@@ -15,6 +15,7 @@ on the inputs those programs see while the eager model generates (seeds disjoint
 
 from __future__ import annotations
 
+import copy
 import gc
 import shutil
 import tempfile
@@ -53,12 +54,35 @@ class DiffusionStep(nn.Module):
         return self.net(x, t, c)
 
 
+class NearestUpsample2x(nn.Module):
+    """The decoder's ``conv(nearest 2× upsample(x))`` with the upsample as expand + reshape (exact): LiteRT
+    refuses resize ops in our graphs (they signal a substituted bicubic), and this form has none."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        x = x[..., None].expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)
+        x = x[:, :, :, None].expand(n, c, h, 2, 2 * w).reshape(n, c, 2 * h, 2 * w)
+        return self.conv(x)
+
+
 class Decode(nn.Module):
-    """Tokenizer decoder: latent B×Cz×P×P -> image B×3×H×W in [-1, 1]."""
+    """Tokenizer decoder: latent B×Cz×P×P -> image B×3×H×W in [-1, 1] (a copy of the tokenizer with its
+    nearest upsamples as :class:`NearestUpsample2x`)."""
 
     def __init__(self, tokenizer: nn.Module):
         super().__init__()
-        self.tokenizer = tokenizer
+        from .tokenizer import Upsample
+
+        self.tokenizer = copy.deepcopy(tokenizer)
+        for name, module in list(self.tokenizer.named_modules()):
+            if isinstance(module, Upsample):
+                parent, _, leaf = name.rpartition(".")
+                setattr(self.tokenizer.get_submodule(parent) if parent else self.tokenizer, leaf,
+                        NearestUpsample2x(module.conv))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(latent)
