@@ -178,6 +178,29 @@ def _cmd_train_sr(a: argparse.Namespace) -> None:
           + (f"; PSNR-Y {ev['psnr_y']:.2f} dB, SSIM-Y {ev['ssim_y']:.4f} on {ev['dataset']}" if ev else ""))
 
 
+def _cmd_generate(a: argparse.Namespace) -> None:
+    from .hart.generate import generate_images
+
+    for path in generate_images(a.out, a.class_, a.artifacts, a.model, a.seed, a.count, a.cfg, progress=False):
+        print(path)
+
+
+def _cmd_export_hart(a: argparse.Namespace) -> None:
+    from .hart.export import export_hart
+    from .hart.sampler import SamplerSettings
+
+    top = export_hart(a.checkpoint, a.format, a.out, a.precision, SamplerSettings(cfg=a.cfg),
+                      gate=None if a.no_gate else "default")
+    print(f"{a.out}: {top['fidelity']['summary']} ({top['fidelity']['gate_result']})")
+
+
+def _cmd_distill_hart(a: argparse.Namespace) -> None:
+    from .hart.distill import distill_hart
+
+    print(distill_hart(a.teacher, a.student, a.data, a.out, a.steps, batch=a.batch, lr=a.lr, temperature=a.temperature,
+                       hidden_weight=a.hidden_weight, seed=a.seed))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgevit", description="EfficientViT models for devices, with measured fidelity.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -295,6 +318,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sr_arguments(s)
     s.set_defaults(fn=_cmd_train_sr)
+
+    s = sub.add_parser("generate", help="HART: class-conditional images (PNGs) from exported programs or a checkpoint")
+    s.add_argument("--artifacts", help="folder written by export-hart")
+    s.add_argument("--model", help="HART checkpoint folder (llm/ + tokenizer/), run eagerly")
+    s.add_argument("--class", dest="class_", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--cfg", type=float, help="guidance scale (default: the exported setting)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_generate)
+
+    s = sub.add_parser("export-hart", help="HART: transformer steps, diffusion MLP and decoder as gated programs")
+    s.add_argument("checkpoint", help="HART checkpoint folder (llm/ + tokenizer/)")
+    s.add_argument("--format", required=True, choices=("pte", "tflite", "onnx"))
+    s.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="of the diffusion MLP and decoder")
+    s.add_argument("--cfg", type=float, default=1.5)
+    s.add_argument("--no-gate", action="store_true")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_export_hart)
+
+    s = sub.add_parser("distill-hart", help="HART: teacher-forced distillation of a student config, resumable")
+    s.add_argument("--teacher", required=True, help="teacher checkpoint folder (llm/ + tokenizer/)")
+    s.add_argument("--student", required=True, help="student config name (e.g. hart-student-phone)")
+    s.add_argument("--data", default="skimage", help="'skimage' (bundled photo crops) or a folder of photos")
+    s.add_argument("--out", required=True)
+    s.add_argument("--steps", type=int, default=2000)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--lr", type=float, default=5e-4)
+    s.add_argument("--temperature", type=float, default=2.0)
+    s.add_argument("--hidden-weight", type=float, default=0.0, help="weight of hidden-state matching (0 = off)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_distill_hart)
 
     s = sub.add_parser("demo", help="the main job: trained model, sample photos, every format, the report")
     s.add_argument("--out", default="runs/demo")

@@ -181,6 +181,7 @@ class _Recorder(EagerPrograms):
         super().__init__(model)
         self.diffusion_inputs: list[tuple[np.ndarray, ...]] = []
         self.decoder_inputs: list[tuple[np.ndarray, ...]] = []
+        self.decode = self._decode  # EagerPrograms binds decode per instance
 
     def residual(self, z, guidance, generator, temperature):
         def net(x, t, c):
@@ -188,9 +189,9 @@ class _Recorder(EagerPrograms):
             return self.model.diffusion.net(x, t, c)
         return self.model.diffusion.sample(z, guidance, generator, temperature, net=net)
 
-    def decode(self, latent):
+    def _decode(self, latent):
         self.decoder_inputs.append((latent.numpy().copy(),))
-        return super().decode(latent)
+        return self.model.tokenizer.decode(latent)
 
 
 def _calibration(model: HartModel, settings: SamplerSettings, labels: list[int]) -> dict[str, list]:
