@@ -287,3 +287,12 @@ def test_torch_runner_names_outputs(model, samples):
         runner(samples[0][0])
     with pytest.raises(EdgevitError, match="returned 2 outputs, expected 1"):
         TorchRunner(model, ("image", "points"), ("maps",)).run(dict(zip(("image", "points"), samples[0])))
+
+
+def test_example_inputs_come_from_the_first_calibration_sample():
+    """A bare-array calibration list (one image input) and a tuple list give the same example tensors."""
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    for calibration in ([x, x], [(x,), (x,)]):
+        req = ExportRequest(nn.Identity(), (1, 3, 8, 8), "fp32", Path("unused.onnx"), calibration)
+        (example,) = req.example_inputs()
+        assert tuple(example.shape) == (1, 3, 8, 8) and np.array_equal(example.numpy(), x)

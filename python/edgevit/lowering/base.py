@@ -141,8 +141,8 @@ class ExportRequest:
         import torch
 
         if self.calibration:
-            return tuple(torch.from_numpy(np.ascontiguousarray(x))
-                         for x in check_calibration(self.calibration[:1], self.inputs, "export"))
+            first = check_calibration(self.calibration[:1], self.inputs, "export")[0]
+            return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in first)
         return tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in self.inputs)
 
 
