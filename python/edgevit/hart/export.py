@@ -202,6 +202,12 @@ def _calibration(model: HartModel, settings: SamplerSettings, labels: list[int])
     return {"diffusion": rec.diffusion_inputs, "decoder": rec.decoder_inputs}
 
 
+def _lower_one(backend, module: nn.Module, ins, outs, precision: str, path: Path, calib) -> Any:
+    request = ExportRequest.multi(module, [IOSpec.from_dict(d) for d in ins], [d["name"] for d in outs], precision,
+                                  path, calib if precision == "int8" else None)
+    return backend.export(request)
+
+
 def resolve_model(model: HartModel | str | Path) -> tuple[HartModel, str | None]:
     """A HartModel, or a checkpoint folder (upstream layout, loaded strictly)."""
     if isinstance(model, HartModel):
@@ -249,9 +255,17 @@ def export_hart(model: HartModel | str | Path, format: str, out: str | Path, pre
             if progress:
                 print(f"export-hart: lowering {name} ({format}/{prec})", flush=True)
             ins, outs = specs[name]
-            request = ExportRequest.multi(modules[name], [IOSpec.from_dict(d) for d in ins], [d["name"] for d in outs],
-                                          prec, path, calib.get(name) if prec == "int8" else None)
-            results[name] = (backend.export(request), prec)
+            try:
+                result = _lower_one(backend, modules[name], ins, outs, prec, path, calib.get(name))
+            except EdgevitError as exc:
+                if prec != "int8":
+                    raise
+                if progress:
+                    print(f"export-hart: {name} int8 failed to lower ({exc}); keeping it fp32", flush=True)
+                prec = "fp32"
+                result = _lower_one(backend, modules[name], ins, outs, prec, path, None)
+                result.notes.append(f"int8 requested but its lowering failed ({exc}); this program is fp32")
+            results[name] = (result, prec)
             runners[name] = backend.load(path, Manifest(cfg.name, format, prec, path.name, "", 0, ins, outs,
                                                         contract.to_dict(), {}), threads)
         fid = measure(EagerPrograms(model), ArtifactPrograms(model, runners, batch, starts), model, settings, labels)

@@ -1,0 +1,138 @@
+"""HART export: per-scale step programs (KV cache in/out), diffusion step, decoder; the artifact host loop
+gives the eager sampler's tokens for the same seed; folder integrity; generate command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.errors import EdgevitError
+from edgevit.hart.artifacts import load_hart_artifacts
+from edgevit.hart.checkpoint import save_folder
+from edgevit.hart.configs import get_config
+from edgevit.hart.export import export_hart, generate_one
+from edgevit.hart.model import HartModel
+from edgevit.hart.sampler import EagerPrograms, SamplerSettings
+from edgevit.io import read_image
+from edgevit.runtime.base import load_artifact
+
+FORMATS = {"onnx": "onnx", "tflite": "ai_edge_litert", "pte": "executorch"}
+
+
+def tiny_model() -> HartModel:
+    """hart-tiny with its zero-initialised (AdaLN-zero) diffusion layers given weights, so the residual the
+    diffusion programs produce is not trivially zero."""
+    torch.manual_seed(0)
+    model = HartModel(get_config("hart-tiny")).eval()
+    with torch.no_grad():
+        for name, p in model.diffusion.net.named_parameters():
+            if "adaLN_modulation" in name or "final_layer.linear" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_folder(tiny_model(), tmp_path_factory.mktemp("hart") / "tiny")
+
+
+@pytest.fixture(scope="module", params=list(FORMATS))
+def exported(request, checkpoint, tmp_path_factory):
+    pytest.importorskip(FORMATS[request.param], reason=f"{FORMATS[request.param]} (the {request.param} toolchain) "
+                                                       "is not installed")
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp(f"art-{request.param}") / "gen"
+    top = export_hart(checkpoint, request.param, out, labels=[0, 5], progress=False)
+    return request.param, out, top
+
+
+def test_fp32_artifacts_reproduce_eager_tokens(exported, checkpoint):
+    fmt, out, top = exported
+    fid = top["fidelity"]
+    assert fid["gate_result"] == "passed" and fid["token_agreement"] == 1.0 and fid["psnr_min_db"] >= 40
+    assert top["batch"] == 2 and top["starts"] == [0, 1, 5, 21]
+    comps = top["components"]
+    assert sorted(comps) == ["decoder", "diffusion", "step_0", "step_1", "step_2", "step_3"]
+    assert comps["step_3"]["inputs"][-1]["shape"] == [2, 2, 2, 2, 85, 16]  # depth, k/v, B, H, Lmax, d
+    for name in comps:
+        runner = load_artifact(out / name)
+        assert runner.manifest.format == fmt and runner.manifest.precision == "fp32"
+    arts = load_hart_artifacts(out)
+    eager = EagerPrograms(tiny_model())
+    a = generate_one(eager, eager.model, 3, 11, arts.settings)  # a class and seed the gate did not use
+    b = generate_one(arts.programs, arts.model, 3, 11, arts.settings)
+    assert all(torch.equal(x, y) for x, y in zip(a.tokens, b.tokens, strict=True))
+    assert float(a.residual.abs().mean()) > 1e-3  # the diffusion programs did real work
+    torch.testing.assert_close(b.images, a.images, atol=1e-4, rtol=0)
+    assert set(arts.programs.seconds) == set(comps)  # every program ran as an artifact, none eagerly
+
+
+def test_unguided_generation_pads_rows(exported):
+    _, out, _ = exported
+    arts = load_hart_artifacts(out)
+    eager = EagerPrograms(tiny_model())
+    s = SamplerSettings(cfg=0.0)
+    a, b = generate_one(eager, eager.model, 1, 2, s), generate_one(arts.programs, arts.model, 1, 2, s)
+    assert all(torch.equal(x, y) for x, y in zip(a.tokens, b.tokens, strict=True))
+
+
+def test_kv_cache_overflow_and_unknown_offset(exported):
+    _, out, _ = exported
+    p = load_hart_artifacts(out).programs
+    x = torch.zeros(2, 64, 32)
+    with pytest.raises(EdgevitError, match="KV cache overflow"):
+        p.step(x, torch.zeros(2, 32), torch.zeros(2, 32), torch.zeros(2, 64, 16), torch.zeros(2, 64, 16),
+               p.empty_cache(2), start=40)
+    with pytest.raises(EdgevitError, match="no step program at cache offset 3"):
+        p.step(x[:, :4], torch.zeros(2, 32), torch.zeros(2, 32), torch.zeros(2, 4, 16), torch.zeros(2, 4, 16),
+               p.empty_cache(2), start=3)
+
+
+def test_tampered_or_foreign_folders_fail(exported, tmp_path):
+    import shutil
+
+    fmt, out, _ = exported
+    if fmt != "onnx":
+        pytest.skip("folder checks are format independent; run once (onnx)")
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    art = bad / "step_1" / "model.onnx"
+    data = bytearray(art.read_bytes())
+    data[-10] ^= 0xFF
+    art.write_bytes(bytes(data))
+    with pytest.raises(EdgevitError, match="sha256"):
+        load_hart_artifacts(bad)
+    top = json.loads((out / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**top, "kind": "edgevit-sam-artifacts"}))
+    with pytest.raises(EdgevitError, match="not a HART artifact folder"):
+        load_hart_artifacts(bad)
+
+
+def test_generate_command_matches_eager(exported, checkpoint, tmp_path, capsys):
+    from edgevit.cli import main
+
+    fmt, out, _ = exported
+    if fmt != "onnx":
+        pytest.skip("the command is format independent; run once (onnx)")
+    assert main(["generate", "--artifacts", str(out), "--class", "2", "--seed", "7", "--count", "2",
+                 "--out", str(tmp_path / "a")]) == 0
+    assert main(["generate", "--model", str(checkpoint), "--class", "2", "--seed", "7", "--count", "2",
+                 "--out", str(tmp_path / "e")]) == 0
+    for name in ("class2_seed7.png", "class2_seed8.png"):
+        a, e = read_image(tmp_path / "a" / name), read_image(tmp_path / "e" / name)
+        assert a.shape == (16, 16, 3) and np.abs(a.astype(int) - e.astype(int)).max() <= 1
+    capsys.readouterr()
+    assert main(["generate", "--artifacts", str(out), "--class", "8", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "out of range" in err
+
+
+def test_int8_diffusion_and_decoder_keep_tokens(checkpoint, tmp_path):
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    torch.set_num_threads(1)
+    top = export_hart(checkpoint, "onnx", tmp_path / "q", precision="int8", labels=[0], gate=None, progress=False)
+    fid = top["fidelity"]
+    assert fid["token_agreement"] == 1.0  # the steps stay fp32 and nothing int8 feeds the sampling
+    assert top["components"]["step_0"]["precision"] == "fp32" and top["components"]["diffusion"]["precision"] == "int8"
+    assert 15 < fid["psnr_min_db"] < 100  # int8 changes the residual (not bit-exact) but stays close
