@@ -155,22 +155,49 @@ def test_gate_failure_raises_and_keeps_the_old_folder(tiny, shared_data, tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["sam"] and (out / "old.txt").read_text() == "previous export"
 
 
-def test_pte_int8_encoder_fp32_decoder_delegates(tiny, shared_data, tmp_path):
+def test_pte_decoder_attention_delegates_to_xnnpack(tiny, shared_data, tmp_path):
+    from edgevit.lowering.base import ExportRequest, IOSpec, get_backend
+    from edgevit.manifest import Manifest
+
+    *_, dec_in = _real_inputs(tiny, shared_data)
+    dec, _ = friendly_decoder(tiny.prompt_decoder, tuple(torch.from_numpy(a) for a in dec_in))
+    specs = [IOSpec(n, a.shape) for n, a in zip(("embeddings", "coords", "labels", "mask_input", "has_mask_input"),
+                                                 dec_in)]
+    backend = get_backend("pte")
+    result = backend.export(ExportRequest.multi(dec, specs, ["masks", "iou"], "fp32", tmp_path / "d.pte"))
+    outside = result.delegation["non_delegated_ops"]
+    assert not [op for op in outside if any(k in op for k in ("bmm", "expand", "softmax", "layer_norm", "mm", "eq"))], \
+        outside
+    assert result.delegation["partitions"] <= 2, result.delegation
+    runner = backend.load(tmp_path / "d.pte", Manifest("t", "pte", "fp32", "d.pte", "", 0, [s.to_dict() for s in specs],
+                                                       [{"name": "masks", "shape": [1, 4, 256, 256]},
+                                                        {"name": "iou", "shape": [1, 4]}], {}, {}), threads=1)
+    y = runner.run({s.name: a for s, a in zip(specs, dec_in)})
+    with torch.inference_mode():
+        ref_masks, ref_iou = tiny.prompt_decoder(*(torch.from_numpy(a) for a in dec_in))
+    # Measured: XNNPACK fp32 differs from eager by up to 9.9e-3 on random-weight logits of max 0.18 (ONNX: < 2e-3);
+    # not yet explained (candidates: XNNPACK's sin/cos or erf approximations), so the bound is loose.
+    ref = ref_masks.numpy()
+    assert np.abs(y["masks"] - ref).max() < 0.1 * np.abs(ref).max()
+    assert np.mean((y["masks"] > 0) == (ref > 0)) > 0.98
+    np.testing.assert_allclose(y["iou"], ref_iou.numpy(), atol=0.1 * np.abs(ref_iou.numpy()).max())
+
+
+def test_int8_encoder_is_calibrated_on_photos_and_measured(tiny, shared_data, tmp_path):
     out = tmp_path / "sam"
-    top = export_sam(tiny, "pte", "int8", out, calib=shared_data / SA_EXAMPLES, eval_data=shared_data / GRABCUT,
+    top = export_sam(tiny, "onnx", "int8", out, calib=shared_data / SA_EXAMPLES, eval_data=shared_data / GRABCUT,
                      eval_limit=1, threads=1, gate=None, progress=False)
     enc, dec = top["components"]["encoder"], top["components"]["decoder"]
     assert enc["precision"] == "int8" and dec["precision"] == "fp32"
-    assert enc["delegation"]["partitions"] == 1 and enc["delegation"]["non_delegated_compute_nodes"] == 0
-    outside = dec["delegation"]["non_delegated_ops"]
-    assert not [op for op in outside if "bmm" in op or "expand" in op or "softmax" in op or "layer_norm" in op], outside
+    assert enc["delegation"]["int8_conv"] > 0 and dec["delegation"]["quantize_linear"] == 0
     m = json.loads((out / "encoder" / "manifest.json").read_text())
-    assert m["calibration"]["count"] == 3 and m["quantization"]["weighted_ops_int8"] > 0
+    assert m["calibration"]["count"] == 3 and m["calibration"]["source"].endswith(SA_EXAMPLES)
     assert 0 <= top["fidelity"]["mask_miou_vs_float"] <= 100
+    assert top["fidelity"]["gate_result"].startswith(("passed", "failed, written with --no-gate"))
     art = load_sam_artifacts(out, threads=1)
-    inst, image, x, _ = _real_inputs(tiny, shared_data)
+    _, _, x, _ = _real_inputs(tiny, shared_data)
     emb = art.encode(x.numpy())
     with torch.inference_mode():
         ref = tiny.image_encoder(x).numpy()
     cos = float((emb * ref).sum() / np.linalg.norm(emb) / np.linalg.norm(ref))
-    assert cos > 0.9, cos  # int8 embeddings still point the float way (random weights, 3 calibration photos)
+    assert 0.9 < cos < 1 - 1e-7, cos  # int8: close to float, not bit-identical (random weights, 3 photos)
