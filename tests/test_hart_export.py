@@ -78,7 +78,9 @@ def test_unguided_generation_pads_rows(exported):
 
 
 def test_kv_cache_overflow_and_unknown_offset(exported):
-    _, out, _ = exported
+    fmt, out, _ = exported
+    if fmt != "onnx":
+        pytest.skip("the cache checks run on the host, format independent; run once (onnx)")
     p = load_hart_artifacts(out).programs
     x = torch.zeros(2, 64, 32)
     with pytest.raises(EdgevitError, match="KV cache overflow"):

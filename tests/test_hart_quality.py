@@ -42,4 +42,4 @@ def test_sample_quality_report():
     torch.manual_seed(0)
     model = HartModel(get_config("hart-tiny")).eval()
     r = sample_quality(EagerPrograms(model), model, SamplerSettings(cfg=1.5), per_class=2)
-    assert r["images"] == 16 and r["distance"] > r["real_reference"] >= 0
+    assert r["images"] == 16 and r["feature_dims"] == 86 and r["distance"] > r["real_reference"] >= 0
