@@ -1,9 +1,10 @@
 """EfficientViT super-resolution (our design; the EfficientViT paper reports SR results but never released
-the network). On the low-resolution (LR) input grid: a 3×3 conv stem; a stride-2 2×2 conv down to half the
-LR resolution, where the EfficientViT blocks (multi-scale ReLU linear attention + depthwise-conv FFN) run
-at a quarter of the pixels; back up by a 1×1 conv + pixel shuffle, added to the stem features; ``fuse``
-3×3 convs; a 3×3 (×2) or 1×1 (×4) conv + pixel shuffle to the output resolution; plus a global bicubic
-skip, so the network only learns the residual. Norm-free (batch statistics of small crops hurt SR), biases everywhere.
+the network). On the low-resolution (LR) input grid: a 3×3 conv stem; a 3×3 stride-2 conv down to half
+the LR resolution, where the EfficientViT blocks (multi-scale ReLU linear attention + depthwise-conv FFN)
+run at a quarter of the pixels; back up by a 1×1 conv + fixed bicubic ×2, added to the stem features;
+``fuse`` 3×3 convs; a 3×3 (×2) or 1×1 (×4) conv + pixel shuffle to the output resolution; plus a global
+bicubic skip, so the network only learns the residual. Norm-free (batch statistics of small crops hurt
+SR), biases everywhere.
 
 Attention runs in fixed ``window``×``window`` windows of the half-resolution grid (aligned to the image
 origin): the receptive field is bounded (:func:`receptive_margin`), so tiled inference is exact, and the
@@ -120,11 +121,11 @@ class SRBlock(nn.Module):
 def receptive_margin(cfg: SRConfig) -> int:
     """LR pixels on each side that an output pixel can depend on (an upper bound).
 
-    Stem 3×3: 1; the 2×2 stride-2 down conv: 1; per block at half resolution, ×2 in LR pixels: 5×5
-    aggregation 2, the rest of the window (window - 1), FFN 3×3 1; the 1×1 + shuffle up: 1; fuse and
-    upsampler 3×3 convs: 1 each. The bicubic skip (2) is parallel and smaller.
+    Stem 3×3: 1; the 3×3 stride-2 down conv: 2; per block at half resolution, ×2 in LR pixels: 5×5
+    aggregation 2, the rest of the window (window - 1), FFN 3×3 1; the bicubic ×2 up (2 half-resolution
+    taps): 5; fuse and upsampler 3×3 convs: 1 each. The bicubic skip (2) is parallel and smaller.
     """
-    return 2 + 2 * cfg.depth * (cfg.window + 2) + 2 + cfg.fuse
+    return 3 + 2 * cfg.depth * (cfg.window + 2) + 5 + cfg.fuse + 1
 
 
 class EfficientViTSR(nn.Module):
@@ -135,9 +136,10 @@ class EfficientViTSR(nn.Module):
         self.cfg, self.scale = cfg, scale
         self.multiple = 2 * cfg.window  # LR pixels per half-resolution window
         self.stem = nn.Sequential(nn.Conv2d(3, cfg.stem, 3, padding=1), make_act(cfg.act))
-        self.down = nn.Conv2d(cfg.stem, cfg.width, 2, stride=2)
+        self.down = nn.Conv2d(cfg.stem, cfg.width, 3, stride=2, padding=1)
         self.blocks = nn.Sequential(*(SRBlock(cfg) for _ in range(cfg.depth)))
-        self.up = nn.Conv2d(cfg.width, 4 * cfg.stem, 1)
+        self.up = nn.Conv2d(cfg.width, cfg.stem, 1)
+        self.up_resample = BicubicSkip(2, cfg.stem)  # smooth ×2 (no 2×2-block pattern from a pixel shuffle)
         self.fuse = nn.Sequential(*(m for _ in range(cfg.fuse)
                                     for m in (nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1), make_act(cfg.act))))
         k = 3 if scale == 2 else 1  # at ×4 a 3×3 to 48 channels would be the most expensive layer
@@ -151,7 +153,7 @@ class EfficientViTSR(nn.Module):
         h, w = x.shape[-2:]
         xp = pad_to_multiple(x, self.multiple)
         f = self.stem(xp)
-        f = f + F.pixel_shuffle(self.up(self.blocks(self.down(f))), 2)
+        f = f + self.up_resample(self.up(self.blocks(self.down(f))))
         y = F.pixel_shuffle(self.upsampler(self.fuse(f)), self.scale) + self.skip(xp)
         y = y[:, :, : self.scale * h, : self.scale * w]
         return y if self.training else y.clamp(0.0, 1.0)
