@@ -15,7 +15,7 @@ from edgevit.tasks.super_resolution import SRGate
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (edgevit[onnx])")
 
 MODEL = "efficientvit-sr-s-x2"
-TILE = "128x128"  # > 2 x margin (48), a multiple of 16: a quarter of the default tile keeps the test fast
+TILE = "144x144"  # > 2 x margin (64), a multiple of 16: a small tile keeps the test fast
 
 
 @pytest.fixture(scope="module")
