@@ -138,3 +138,18 @@ def test_int8_diffusion_and_decoder_keep_tokens(checkpoint, tmp_path):
     assert fid["token_agreement"] == 1.0  # the steps stay fp32 and nothing int8 feeds the sampling
     assert top["components"]["step_0"]["precision"] == "fp32" and top["components"]["diffusion"]["precision"] == "int8"
     assert 15 < fid["psnr_min_db"] < 100  # int8 changes the residual (not bit-exact) but stays close
+
+
+def test_int8_programs_fall_back_to_fp32_when_the_budget_fails(checkpoint, tmp_path):
+    from edgevit.hart.export import GenGate
+
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    torch.set_num_threads(1)
+    top = export_hart(checkpoint, "onnx", tmp_path / "q", precision="int8", labels=[0], progress=False,
+                      gate=GenGate(min_psnr_db=90.0))  # only fp32 (identical up to float noise) meets this
+    comps, fid = top["components"], top["fidelity"]
+    assert fid["gate_result"] == "passed" and fid["psnr_min_db"] >= 90
+    for name in ("diffusion", "decoder"):
+        assert comps[name]["precision"] == "fp32" and any("int8" in n for n in comps[name]["notes"])
+    arts = load_hart_artifacts(tmp_path / "q")
+    assert arts.programs.runners["decoder"].manifest.precision == "fp32"

@@ -246,39 +246,69 @@ def export_hart(model: HartModel | str | Path, format: str, out: str | Path, pre
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+    def lower(name: str, prec: str, folder: Path) -> tuple[Any, str, Any]:
+        path = folder / f"model{backend.extension}"
+        path.parent.mkdir(exist_ok=True)
+        if progress:
+            print(f"export-hart: lowering {name} ({format}/{prec})", flush=True)
+        ins, outs = specs[name]
+        try:
+            result = _lower_one(backend, modules[name], ins, outs, prec, path, calib.get(name))
+        except EdgevitError as exc:
+            if prec != "int8":
+                raise
+            if progress:
+                print(f"export-hart: {name} int8 failed to lower ({exc}); keeping it fp32", flush=True)
+            prec = "fp32"
+            result = _lower_one(backend, modules[name], ins, outs, prec, path, None)
+            result.notes.append(f"int8 requested but its lowering failed ({exc}); this program is fp32")
+        runner = backend.load(path, Manifest(cfg.name, format, prec, path.name, "", 0, ins, outs,
+                                             contract.to_dict(), {}), threads)
+        return result, prec, runner
+
+    budget = gate or default_gate(precision)
     try:
         results, runners = {}, {}
         for name in component_names(len(contract.patch_nums)):
-            prec = precision if name in ("diffusion", "decoder") else "fp32"
-            path = tmp / name / f"model{backend.extension}"
-            path.parent.mkdir()
-            if progress:
-                print(f"export-hart: lowering {name} ({format}/{prec})", flush=True)
-            ins, outs = specs[name]
-            try:
-                result = _lower_one(backend, modules[name], ins, outs, prec, path, calib.get(name))
-            except EdgevitError as exc:
-                if prec != "int8":
-                    raise
-                if progress:
-                    print(f"export-hart: {name} int8 failed to lower ({exc}); keeping it fp32", flush=True)
-                prec = "fp32"
-                result = _lower_one(backend, modules[name], ins, outs, prec, path, None)
-                result.notes.append(f"int8 requested but its lowering failed ({exc}); this program is fp32")
+            result, prec, runners[name] = lower(name, precision if name in ("diffusion", "decoder") else "fp32",
+                                                tmp / name)
             results[name] = (result, prec)
-            runners[name] = backend.load(path, Manifest(cfg.name, format, prec, path.name, "", 0, ins, outs,
-                                                        contract.to_dict(), {}), threads)
         fid = measure(EagerPrograms(model), ArtifactPrograms(model, runners, batch, starts), model, settings, labels)
-        failures = gate.failures(fid) if gate else []
+        failures = budget.failures(fid)
         if progress:
             print(f"export-hart: {fid.summary()}", flush=True)
+        # int8 where it keeps fidelity: revert int8 programs to fp32 (one, then both) until the budget holds.
+        quantized = [n for n in ("diffusion", "decoder") if results[n][1] == "int8"]
+        fallbacks = [[n] for n in reversed(quantized)] + ([quantized] if len(quantized) > 1 else [])
+        alt: dict[str, tuple[Any, str, Any]] = {}
+        for revert in fallbacks if failures and gate is not None else []:
+            for n in revert:
+                alt.setdefault(n, lower(n, "fp32", tmp / f".{n}-fp32"))
+            trial = {**runners, **{n: alt[n][2] for n in revert}}
+            fid2 = measure(EagerPrograms(model), ArtifactPrograms(model, trial, batch, starts), model, settings,
+                           labels)
+            if progress:
+                print(f"export-hart: with {', '.join(revert)} fp32: {fid2.summary()}", flush=True)
+            if not budget.failures(fid2):
+                fid, failures = fid2, []
+                for n in revert:
+                    note = f"int8 missed the budget ({fid.summary()}); this program is fp32"
+                    alt[n][0].notes.append(note)
+                    results[n] = (alt[n][0], "fp32")
+                    shutil.rmtree(tmp / n)
+                    (tmp / f".{n}-fp32").rename(tmp / n)
+                break
         runners.clear()
+        alt.clear()
         gc.collect()
+        for n in ("diffusion", "decoder"):
+            shutil.rmtree(tmp / f".{n}-fp32", ignore_errors=True)
         if failures and gate is not None:
             raise EdgevitError(f"{cfg.name} {format}/{precision}: misses its fidelity budget vs eager fp32 "
                                f"({'; '.join(failures)}); use gate=None (--no-gate) to write it anyway")
         top = _write_folder(tmp, model, format, precision, contract, settings, batch, starts, specs, results, fid,
-                            gate or default_gate(precision), failures, labels, weights)
+                            budget, failures, labels, weights)
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
