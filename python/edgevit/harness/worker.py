@@ -15,6 +15,22 @@ import time
 import numpy as np
 
 
+def peak_rss_mb() -> float:
+    """This process image's peak resident memory, MiB.
+
+    ``VmHWM`` belongs to the address space exec created, so it starts fresh in this worker; ``ru_maxrss``
+    does not (Linux carries it across fork + exec, so it reported the bench process's own peak).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(runner, x: np.ndarray, warmup: int, runs: int) -> list[float]:
     for _ in range(warmup):
         runner(x)
@@ -62,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if x.shape != tuple(shape) or x.dtype != np.float32:
         raise SystemExit(f"{a.input}: input {x.dtype} {x.shape} does not match the runner's float32 {tuple(shape)}")
     times = measure(runner, x, a.warmup, a.runs)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"load_seconds": load_seconds, "latencies": times, "peak_rss_mb": peak_mb,
                       "threads": a.threads}))
     return 0
