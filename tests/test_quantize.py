@@ -117,3 +117,13 @@ def test_unlabelled_image_set_skips_annotation_folders(shared_data):
     assert len(images) == 14 and images.labels is None
     assert all(name.startswith("images/") for name in images.names)
     assert all(im.ndim == 3 and im.shape[2] == 3 for im in images.images)
+
+
+def test_units_of_a_plain_conv_model_are_its_convolutions():
+    """Super-resolution nets use none of the segmentation block types: their convs are the units."""
+    from edgevit.quantize.sensitivity import quant_units
+
+    model = edgevit.create_model("fsrcnn-x2")
+    convs = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    units = quant_units(model)
+    assert units and set(units) <= set(convs)

@@ -41,12 +41,13 @@ class LayerSensitivity:
 
 
 def quant_units(model: nn.Module) -> list[str]:
-    """Qualified names of the outermost modules of :data:`UNIT_TYPES`, in definition order."""
+    """Qualified names of the outermost modules of :data:`UNIT_TYPES`, in definition order; for a model built
+    from none of them (e.g. super-resolution nets of plain convolutions), its convolutions and linears."""
     names: list[str] = []
     for name, module in model.named_modules():
         if isinstance(module, UNIT_TYPES) and not any(name.startswith(n + ".") for n in names):
             names.append(name)
-    return names
+    return names or [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
