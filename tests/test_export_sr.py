@@ -15,7 +15,8 @@ from edgevit.tasks.super_resolution import SRGate
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (edgevit[onnx])")
 
 MODEL = "efficientvit-sr-s-x2"
-TILE = "144x144"  # > 2 x margin (64), a multiple of 16: a small tile keeps the test fast
+T = 144  # > 2 x margin (64), a multiple of 16: a small tile keeps the test fast
+TILE = f"{T}x{T}"
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +32,16 @@ def fp32(set5, tmp_path_factory):
 
 def test_sr_artifact_manifest_and_fidelity(fp32):
     m, out = fp32
-    assert m.contract["task"] == "super-resolution" and m.contract["tiling"]["tile"] == 128
-    assert [i["name"] for i in m.inputs] == ["image"] and m.inputs[0]["shape"] == [1, 3, 128, 128]
-    assert [o["name"] for o in m.outputs] == ["upscaled"] and m.outputs[0]["shape"] == [1, 3, 256, 256]
+    assert m.contract["task"] == "super-resolution" and m.contract["tiling"]["tile"] == T
+    assert [i["name"] for i in m.inputs] == ["image"] and m.inputs[0]["shape"] == [1, 3, T, T]
+    assert [o["name"] for o in m.outputs] == ["upscaled"] and m.outputs[0]["shape"] == [1, 3, 2 * T, 2 * T]
     f = m.fidelity
     assert f["images"]["count"] == 5 and f["gate_result"] == "passed" and f["gate"] == {"max_psnr_drop": 0.1}
     assert abs(f["psnr_drop"]) < 0.01 and f["psnr_float"] > 25  # the bicubic skip alone gives ~33 dB on Set5
     runner = edgevit.load_artifact(out)
-    x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, 3, T, T), dtype=np.float32)
     y = runner(x)
-    assert y.shape == (1, 3, 256, 256) and np.isfinite(y).all()
+    assert y.shape == (1, 3, 2 * T, 2 * T) and np.isfinite(y).all()
 
 
 def test_sr_artifact_runs_whole_images_through_tiles(fp32, set5):
