@@ -163,3 +163,18 @@ def test_write_json_refuses_nan_and_writes_nothing(tmp_path):
 def test_write_text_utf8(tmp_path):
     io.write_text(tmp_path / "t.md", "mIoU ≥ 0.5\n")
     assert (tmp_path / "t.md").read_text(encoding="utf-8") == "mIoU ≥ 0.5\n"
+
+
+@pytest.mark.parametrize("text, why", [(None, "missing; run it"), ("{oops", "not valid JSON"), ("[1, 2]", "expected a JSON object, got list")])
+def test_read_json_object_errors_name_the_file(tmp_path, text, why):
+    path = tmp_path / "x.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(EdgevitError, match=why) as info:
+        io.read_json_object(path, "run it")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_read_json_object_returns_the_object(tmp_path):
+    io.write_json(tmp_path / "a.json", {"k": [1, 2]})
+    assert io.read_json_object(tmp_path / "a.json", "unused") == {"k": [1, 2]}

@@ -126,7 +126,7 @@ def test_tampered_artifact_is_refused(onnx_folder, tmp_path):
     blob = bytearray((out / "decoder" / "model.onnx").read_bytes())
     blob[-1] ^= 0xFF
     (out / "decoder" / "model.onnx").write_bytes(bytes(blob))
-    with pytest.raises(EdgevitError, match="decoder sha256 .* top-level manifest"):
+    with pytest.raises(EdgevitError, match="decoder artifact sha256 .* top-level manifest"):
         load_sam_artifacts(out)
     with pytest.raises(EdgevitError, match="not a SAM artifact folder"):
         load_sam_artifacts(out / "encoder")

@@ -157,6 +157,23 @@ def write_png(path: PathLike, array: np.ndarray, palette: np.ndarray | None = No
         im.save(f, format="PNG")
 
 
+def read_json_object(path: PathLike, missing: str, invalid: str = "re-create it") -> dict[str, Any]:
+    """The JSON object stored in ``path``; each failure is one :class:`EdgevitError` line naming the file.
+
+    ``missing``: what to do when the file is absent; ``invalid``: what to do when it is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgevitError(f"{path}: missing; {missing}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgevitError(f"{path}: not valid JSON ({exc.__class__.__name__}: {str(exc)[:120]}); {invalid}") from None
+    if not isinstance(data, dict):
+        raise EdgevitError(f"{path}: expected a JSON object, got {type(data).__name__}; {invalid}")
+    return data
+
+
 def _json_default(obj: Any) -> Any:
     """Make numpy scalars/arrays and paths JSON-serialisable."""
     if isinstance(obj, np.generic):

@@ -9,7 +9,6 @@ measured at export.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +82,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[Manifest, Path
         path = path / MANIFEST_NAME
     elif path.suffix != ".json":
         raise EdgevitError(f"{path}: pass the artifact folder or its {MANIFEST_NAME}, not the model file itself")
-    if not path.is_file():
-        raise EdgevitError(f"{path}: manifest not found; pass a folder written by 'edgevit export'")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgevitError(f"{path}: manifest is not valid JSON ({exc}); re-export the artifact") from None
+    data = io.read_json_object(path, "pass a folder written by 'edgevit export'", "re-export the artifact")
     manifest = Manifest.from_json(data, str(path))
     artifact = path.parent / manifest.artifact
     if not artifact.is_file():
@@ -103,3 +97,32 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[Manifest, Path
             raise EdgevitError(f"{artifact}: sha256 {digest[:12]}… does not match the manifest's "
                                f"{manifest.sha256[:12]}… (tampered or replaced); re-export it")
     return manifest, artifact
+
+
+def read_folder_manifest(folder: str | Path, kind: str, version: int, what: str, writer: str) -> dict[str, Any]:
+    """The top-level manifest of a multi-artifact folder (SAM encoder + decoder, HART programs).
+
+    Checks its ``kind`` and ``version``. For the errors: ``what`` names the folder type (e.g. "SAM artifact"),
+    ``writer`` the command that writes such folders.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    top = io.read_json_object(path, f"pass a folder written by '{writer}'", "re-export the folder")
+    if top.get("kind") != kind:
+        raise EdgevitError(f"{path}: not a {what} folder (kind {top.get('kind')!r}, expected {kind!r}); pass a "
+                           f"folder written by '{writer}' (single artifacts load with edgevit.load_artifact)")
+    if top.get("version") != version:
+        raise EdgevitError(f"{path}: version {top.get('version')} is not supported (reads {version}); re-export")
+    return top
+
+
+def verify_component(folder: str | Path, rel: str, expected_sha256: str, what: str) -> Path:
+    """``folder/rel`` after checking it exists and its sha256 is the one the folder's top manifest records."""
+    folder = Path(folder)
+    path = folder / rel
+    if not path.is_file():
+        raise EdgevitError(f"{path}: {what} named by {folder / MANIFEST_NAME} is missing; re-export the folder")
+    digest = sha256_file(path)
+    if digest != expected_sha256:
+        raise EdgevitError(f"{path}: {what} sha256 {digest[:12]}… does not match the top-level manifest's "
+                           f"{str(expected_sha256)[:12]}… (tampered or replaced); re-export the folder")
+    return path

@@ -18,7 +18,6 @@ Every program has static shapes: the step programs and the diffusion program run
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgevitError
-from ..manifest import MANIFEST_NAME, sha256_file
+from ..manifest import MANIFEST_NAME, read_folder_manifest, verify_component
 from .configs import DiffusionConfig, HartConfig, TokenizerConfig, TransformerConfig
 from .model import HartModel
 from .sampler import EagerPrograms, SamplerSettings
@@ -148,31 +147,7 @@ def component_names(n_scales: int) -> list[str]:
 
 
 def read_top_manifest(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        raise EdgevitError(f"{folder}: no {MANIFEST_NAME}; pass a folder written by 'edgevit export-hart'")
-    try:
-        top = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgevitError(f"{path}: not valid JSON ({exc}); re-export") from None
-    if not isinstance(top, dict) or top.get("kind") != KIND:
-        got = top.get("kind") if isinstance(top, dict) else None
-        raise EdgevitError(f"{path}: not a HART artifact folder (kind {got!r}, expected {KIND!r})")
-    if top.get("version") != TOP_VERSION:
-        raise EdgevitError(f"{path}: version {top.get('version')} is not supported (reads {TOP_VERSION}); re-export")
-    return top
-
-
-def _check_sha(folder: Path, rel: str, expected: str, what: str) -> Path:
-    path = folder / rel
-    if not path.is_file():
-        raise EdgevitError(f"{path}: {what} named by {folder / MANIFEST_NAME} is missing; re-export the folder")
-    digest = sha256_file(path)
-    if digest != expected:
-        raise EdgevitError(f"{path}: {what} sha256 {digest[:12]}… does not match the top-level manifest's "
-                           f"{expected[:12]}… (tampered or replaced); re-export the folder")
-    return path
+    return read_folder_manifest(folder, KIND, TOP_VERSION, "HART artifact", "edgevit export-hart")
 
 
 def load_hart_artifacts(folder: str | Path, threads: int | None = None) -> HartArtifacts:
@@ -190,9 +165,9 @@ def load_hart_artifacts(folder: str | Path, threads: int | None = None) -> HartA
         comp = comps.get(name)
         if not comp:
             raise EdgevitError(f"{folder / MANIFEST_NAME}: component {name!r} missing; re-export")
-        _check_sha(folder, comp["artifact"], comp["sha256"], f"{name} artifact")
+        verify_component(folder, comp["artifact"], comp["sha256"], f"{name} artifact")
         runners[name] = load_artifact(folder / comp["path"], threads)
-    host_path = _check_sha(folder, HOST_FILE, top.get("host", {}).get("sha256", ""), "host tensors")
+    host_path = verify_component(folder, HOST_FILE, top.get("host", {}).get("sha256", ""), "host tensors")
     model = HartModel(cfg).eval()
     state = load_file(str(host_path))
     expected = host_state(model)

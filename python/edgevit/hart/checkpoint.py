@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from .. import io
 from ..errors import EdgevitError
 from ..models.checkpoint import read_state_dict
 from .configs import DiffusionConfig, HartConfig, TokenizerConfig, TransformerConfig
@@ -70,15 +71,8 @@ def _map(key: str, rules: tuple[tuple[str, str], ...]) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise EdgevitError(f"{path}: missing; an upstream HART folder has llm/config.json and tokenizer/config.json")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgevitError(f"{path}: not valid JSON ({exc.__class__.__name__}: {str(exc)[:120]})") from None
-    if not isinstance(data, dict):
-        raise EdgevitError(f"{path}: expected a JSON object")
-    return data
+    return io.read_json_object(path, "an upstream HART folder has llm/config.json and tokenizer/config.json",
+                               "fix or replace the file")
 
 
 def _get(cfg: dict, key: str, path: Path, default: object = KeyError) -> object:

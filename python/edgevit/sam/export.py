@@ -20,9 +20,7 @@ Labels are float32 inputs on every backend (the decoder only does arithmetic wit
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,7 +33,7 @@ from .. import io, processing
 from ..errors import EdgevitError
 from ..export import MAX_FALLBACK_ROUNDS, GateError, _replace_dir, _tool_versions
 from ..lowering.base import ExportRequest, ExportResult, IOSpec, get_backend
-from ..manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest
+from ..manifest import MANIFEST_NAME, Manifest, read_folder_manifest, sha256_file, verify_component, write_manifest
 from ..quantize.calibration import load_image_set
 from ..quantize.sensitivity import layer_sensitivity
 from .evaluate import open_sam_dataset
@@ -105,29 +103,13 @@ def load_sam_artifacts(folder: str | Path, threads: int | None = None) -> SamArt
 
     folder = Path(folder)
     path = folder / MANIFEST_NAME
-    if not path.is_file():
-        raise EdgevitError(f"{folder}: no {MANIFEST_NAME}; pass a folder written by 'edgevit export' for a SAM model")
-    try:
-        top = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgevitError(f"{path}: not valid JSON ({exc}); re-export") from None
-    if not isinstance(top, dict) or top.get("kind") != KIND:
-        raise EdgevitError(f"{path}: not a SAM artifact folder (kind {top.get('kind') if isinstance(top, dict) else None!r}, "
-                           f"expected {KIND!r}); segmentation artifacts load with edgevit.load_artifact")
-    if top.get("version") != TOP_VERSION:
-        raise EdgevitError(f"{path}: version {top.get('version')} is not supported (reads {TOP_VERSION}); re-export")
+    top = read_folder_manifest(folder, KIND, TOP_VERSION, "SAM artifact", "edgevit export")
     runners = {}
     for name in ("encoder", "decoder"):
         comp = top.get("components", {}).get(name)
         if not comp:
             raise EdgevitError(f"{path}: component {name!r} missing; re-export")
-        artifact = folder / comp["artifact"]
-        if not artifact.is_file():
-            raise EdgevitError(f"{artifact}: {name} artifact named by {path} is missing")
-        digest = sha256_file(artifact)
-        if digest != comp["sha256"]:
-            raise EdgevitError(f"{artifact}: {name} sha256 {digest[:12]}… does not match the top-level manifest's "
-                               f"{comp['sha256'][:12]}… (tampered or replaced); re-export the folder")
+        verify_component(folder, comp["artifact"], comp["sha256"], f"{name} artifact")
         runners[name] = load_artifact(folder / comp["path"], threads)
     return SamArtifacts(folder, top, runners["encoder"], runners["decoder"], _contract_from(top["contract"], str(path)))
 
