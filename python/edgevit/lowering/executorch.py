@@ -168,6 +168,27 @@ def _delegation_report(edge) -> dict[str, Any]:
     }
 
 
+def contiguous_constants(model: nn.Module) -> list[str]:
+    """Give every non-contiguous parameter, buffer or tensor attribute of ``model`` contiguous storage (same
+    values, in place); returns their names.
+
+    ExecuTorch 1.5 serialises a constant's storage but later views it as contiguous: a channels-last
+    constant that is reshaped in the graph is silently read in the wrong order (portable and XNNPACK alike).
+    """
+    fixed = []
+    with torch.no_grad():
+        for prefix, module in model.named_modules():
+            for key, value in list(module.__dict__.get("_parameters", {}).items()) + \
+                    list(module.__dict__.get("_buffers", {}).items()) + list(vars(module).items()):
+                if isinstance(value, torch.Tensor) and not value.is_contiguous():
+                    if isinstance(value, nn.Parameter) or key in module.__dict__.get("_buffers", {}):
+                        value.data = value.data.contiguous()
+                    else:
+                        setattr(module, key, value.contiguous())
+                    fixed.append(f"{prefix}.{key}" if prefix else key)
+    return fixed
+
+
 def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]):
     try:
         return torch.export.export(model, example)
@@ -221,6 +242,9 @@ class ExecuTorchBackend:
         notes: list[str] = []
 
         model = request.model.eval()
+        made_contiguous = contiguous_constants(model)
+        if made_contiguous:
+            notes.append(f"constants given contiguous storage before export: {made_contiguous}")
         example = calibration[0] if calibration else request.example_inputs()
         quant = None
         if request.precision == "int8":

@@ -61,10 +61,11 @@ class RandomFourierPE(nn.Module):
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
     def dense(self, size: int = EMBED_SIZE) -> torch.Tensor:
-        """1×C×size×size encoding of the embedding grid's cell centres."""
+        """1×C×size×size encoding of the embedding grid's cell centres (contiguous: the permuted view's
+        channels-last strides, kept as an exported constant, were read as contiguous by ExecuTorch)."""
         c = (torch.arange(size, dtype=torch.float32, device=self.positional_encoding_gaussian_matrix.device) + 0.5) / size
         xy = torch.stack(torch.broadcast_tensors(c[None, :], c[:, None]), dim=-1)  # [y, x] -> (x, y)
-        return self.encode(xy).permute(2, 0, 1)[None]
+        return self.encode(xy).permute(2, 0, 1)[None].contiguous()
 
     def points(self, coords: torch.Tensor) -> torch.Tensor:
         """coords: N×P×2 (x, y) pixel positions in the 1024 frame (already shifted by +0.5) → N×P×C."""

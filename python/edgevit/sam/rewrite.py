@@ -98,7 +98,7 @@ class ExportPromptDecoder(nn.Module):
         pe, md = src.prompt_encoder, src.mask_decoder
         self.prompt_encoder, self.mask_decoder = pe, md
         with torch.no_grad():
-            self.register_buffer("dense_pe", pe.get_dense_pe().clone())
+            self.register_buffer("dense_pe", pe.get_dense_pe().contiguous().clone())
             self.register_buffer("gauss_t", pe.pe_layer.positional_encoding_gaussian_matrix.t().contiguous())
             self.register_buffer("label_values", torch.arange(-1.0, 4.0))  # -1 pad, 0 bg, 1 fg, 2/3 corners
             table = torch.cat([pe.not_a_point_embed.weight] + [e.weight for e in pe.point_embeddings])  # 5×C
