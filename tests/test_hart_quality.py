@@ -9,7 +9,7 @@ pytest.importorskip("skimage", reason="scikit-image (bundled photos as the real 
 from edgevit.errors import EdgevitError, UnknownKeyError  # noqa: E402
 from edgevit.hart.configs import get_config  # noqa: E402
 from edgevit.hart.model import HartModel  # noqa: E402
-from edgevit.hart.quality import feature_distance, frechet_distance, random_cnn_features, sample_quality  # noqa: E402
+from edgevit.hart.quality import EXTRACTORS, feature_distance, frechet_distance, random_cnn_features, sample_quality  # noqa: E402
 from edgevit.hart.sampler import EagerPrograms, SamplerSettings  # noqa: E402
 from edgevit.hart.train import photo_crops  # noqa: E402
 
@@ -24,7 +24,7 @@ def test_frechet_distance_properties():
         frechet_distance(a[:1], a)
 
 
-@pytest.mark.parametrize("extractor", ["random-cnn", "tokenizer"])
+@pytest.mark.parametrize("extractor", EXTRACTORS.names())
 def test_real_crops_are_closer_than_noise(extractor):
     torch.manual_seed(0)
     tok = HartModel(get_config("hart-tiny")).tokenizer.eval()

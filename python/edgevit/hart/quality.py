@@ -1,14 +1,18 @@
 """A quality proxy for generated images without an Inception network: Fréchet distance between Gaussian
 fits of features of generated and held-out real crops.
 
-Why not FID: the Inception weights are not in the lock file (torchvision is not installed and nothing may be
-downloaded), so this proxy uses feature extractors that are fully defined here:
+Why not FID: no wheel in requirements/lock.txt ships pretrained image-feature weights (torchvision is not
+installed; ``transformers`` ships architectures without weights; opencv-python-headless ships no DNN models; no
+file over 5 MB in site-packages is a network), and nothing may be downloaded, so this proxy uses feature
+extractors that are fully defined here:
 
 * ``random-cnn`` (default): a fixed, seeded random convolutional net (3 conv + ReLU stages, He-normal
   weights from ``torch.Generator().manual_seed(0)``, channels 8/16/16), features = per-stage channel means
   and standard deviations over space (86 dims). Random conv features capture colour, edge and texture
   statistics at growing receptive fields; they are deterministic across runs and independent of every
   trained model (so teacher, student and baseline are judged by the same fixed yardstick).
+* ``thumbnail``: the simplest second proxy, the image average-pooled to 4×4 RGB (48 dims): colour and
+  coarse layout only, no learned or random weights at all, so nothing about it can flatter one model.
 * ``tokenizer``: channel means and standard deviations of the (frozen, shared) tokenizer encoder's
   continuous latent. Tuned to what the tokenizer reconstructs, it is blind to what it cannot represent.
 
@@ -54,6 +58,12 @@ def random_cnn_features(images: torch.Tensor) -> np.ndarray:
     return torch.cat(feats, 1).double().numpy()
 
 
+@torch.no_grad()
+def thumbnail_features(images: torch.Tensor) -> np.ndarray:
+    """images N×3×H×W in [-1, 1] (H, W multiples of 4) -> N×48 float64: 4×4 average-pooled RGB."""
+    return F.adaptive_avg_pool2d(images.float(), 4).flatten(1).double().numpy()
+
+
 def tokenizer_features(tokenizer: torch.nn.Module) -> Callable[[torch.Tensor], np.ndarray]:
     """Features from a HART tokenizer's encoder: channel means and stds of its continuous latent (N×2Cz)."""
     @torch.no_grad()
@@ -65,6 +75,7 @@ def tokenizer_features(tokenizer: torch.nn.Module) -> Callable[[torch.Tensor], n
 
 EXTRACTORS: Registry[str] = Registry("feature extractor")
 EXTRACTORS.add("random-cnn", "a fixed seeded random CNN (model independent)")
+EXTRACTORS.add("thumbnail", "4x4 average-pooled RGB (no weights)")
 EXTRACTORS.add("tokenizer", "the shared tokenizer's encoder latent statistics")
 
 
@@ -80,16 +91,21 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * covmean)
 
 
-def feature_distance(generated: torch.Tensor, real: torch.Tensor, extractor: str = "random-cnn",
-                     tokenizer: torch.nn.Module | None = None) -> float:
-    """Fréchet distance of ``generated`` vs ``real`` images (both N×3×H×W in [-1, 1]) under ``extractor``."""
+def extractor_fn(extractor: str = "random-cnn", tokenizer: torch.nn.Module | None = None
+                 ) -> Callable[[torch.Tensor], np.ndarray]:
+    """The feature function of a registered ``extractor`` (images N×3×H×W in [-1, 1] -> N×D float64)."""
     EXTRACTORS.get(extractor)
     if extractor == "tokenizer":
         if tokenizer is None:
             raise EdgevitError("feature extractor 'tokenizer' needs the tokenizer module")
-        fn = tokenizer_features(tokenizer)
-    else:
-        fn = random_cnn_features
+        return tokenizer_features(tokenizer)
+    return thumbnail_features if extractor == "thumbnail" else random_cnn_features
+
+
+def feature_distance(generated: torch.Tensor, real: torch.Tensor, extractor: str = "random-cnn",
+                     tokenizer: torch.nn.Module | None = None) -> float:
+    """Fréchet distance of ``generated`` vs ``real`` images (both N×3×H×W in [-1, 1]) under ``extractor``."""
+    fn = extractor_fn(extractor, tokenizer)
     return frechet_distance(fn(generated), fn(real))
 
 
@@ -109,6 +125,6 @@ photo, so they are less varied than the train crops the models learned: the refe
     real, _ = photo_crops(cfg.image_size, "heldout", per_class, seed)
     train, _ = photo_crops(cfg.image_size, "train", per_class, seed)
     tok = host.tokenizer if extractor == "tokenizer" else None
-    return {"extractor": extractor, "images": len(gen), "feature_dims": int(random_cnn_features(real[:2]).shape[1])
-            if extractor == "random-cnn" else 2 * cfg.tokenizer.z_channels, "distance": feature_distance(gen, real, extractor, tok),
-            "real_reference": feature_distance(train, real, extractor, tok)}
+    dims = int(extractor_fn(extractor, tok)(real[:2]).shape[1])
+    return {"extractor": extractor, "images": len(gen), "feature_dims": dims,
+            "distance": feature_distance(gen, real, extractor, tok), "real_reference": feature_distance(train, real, extractor, tok)}

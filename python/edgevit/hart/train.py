@@ -8,6 +8,8 @@ held-out reconstruction PSNRs)::
     .venv/bin/python -m edgevit.hart.train teacher --config hart-teacher-small \\
         --tokenizer runs/hart/tokenizer --out runs/hart/teacher --steps 3000
     .venv/bin/python -m edgevit.hart.train tokenizer-report --config hart-teacher-small --tokenizer runs/hart/tokenizer
+    .venv/bin/python -m edgevit.hart.train dit --config dit-baseline-phone --tokenizer runs/hart/tokenizer \\
+        --out runs/hart/dit --steps 3000
 
 The teacher run ends by writing ``OUT/hart/`` in the upstream folder layout (llm/ + tokenizer/, see
 :mod:`edgevit.hart.checkpoint`). Data: each photo is resized (bicubic) to a short side of 3 × the
@@ -207,21 +209,53 @@ def train_teacher(config: str | HartConfig, tokenizer: str | Path, out: str | Pa
     return save_folder(model, out / "hart")
 
 
+def train_dit(config: str, tokenizer: str | Path, out: str | Path, steps: int = 3000, batch: int = 16,
+              lr: float = 5e-4, seed: int = 0, per_class: int = 256, ckpt_every: int = 250, log_every: int = 50) -> Path:
+    """Train the DiT latent-diffusion baseline (:mod:`edgevit.hart.dit`) on the same crops, batches and
+    optimizer as the teacher, in the frozen tokenizer's continuous latent space. Writes ``out/last.pt``
+    (resumable) and ``out/dit.pt``."""
+    from .dit import DiT, get_dit_config, save_dit
+
+    cfg = get_dit_config(config)
+    out = Path(out)
+    tok_path = Path(tokenizer) / "tokenizer.pt" if Path(tokenizer).is_dir() else Path(tokenizer)
+    if not tok_path.is_file():
+        raise EdgevitError(f"{tok_path}: tokenizer weights not found; run the tokenizer command first")
+    hart = cfg.hart_config()
+    if hart.transformer.num_classes != len(PHOTOS):
+        raise EdgevitError(f"config {cfg.name}: {hart.transformer.num_classes} classes != {len(PHOTOS)} photo classes")
+    torch.manual_seed(seed)
+    model = DiT(cfg)
+    model.tokenizer.load_state_dict(torch.load(tok_path, map_location="cpu", weights_only=True))
+    model.tokenizer.requires_grad_(False).eval()
+    images, labels = photo_crops(hart.image_size, "train", per_class, seed)
+    with torch.no_grad():  # unit-variance latents (a fixed subset; resuming restores the same buffer)
+        model.latent_scale.fill_(1.0 / float(model.tokenizer.encode(images[::8]).std()))
+
+    def loss_fn(gen):
+        x, y = _batch(images, labels, batch, gen)
+        model.tokenizer.eval()
+        return model.loss(x, y, gen)
+
+    _loop("dit", model, model.generator_parameters(), loss_fn, out, steps, lr, seed, ckpt_every, log_every, {})
+    return save_dit(model, out / "dit.pt")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgevit.hart.train", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
     r = sub.add_parser("tokenizer-report")
     r.add_argument("--config", default="hart-teacher-small")
     r.add_argument("--tokenizer", required=True)
-    for what in ("tokenizer", "teacher"):
+    for what in ("tokenizer", "teacher", "dit"):
         s = sub.add_parser(what)
-        s.add_argument("--config", default="hart-teacher-small")
+        s.add_argument("--config", default="dit-baseline-phone" if what == "dit" else "hart-teacher-small")
         s.add_argument("--out", required=True)
         s.add_argument("--steps", type=int, default=3000)
         s.add_argument("--batch", type=int, default=16)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--threads", type=int, default=1)
-        if what == "teacher":
+        if what in ("teacher", "dit"):
             s.add_argument("--tokenizer", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(getattr(a, "threads", 1))
@@ -231,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.what == "tokenizer":
             path = train_tokenizer(a.config, a.out, a.steps, a.batch, seed=a.seed)
+        elif a.what == "dit":
+            path = train_dit(a.config, a.tokenizer, a.out, a.steps, a.batch, seed=a.seed)
         else:
             path = train_teacher(a.config, a.tokenizer, a.out, a.steps, a.batch, seed=a.seed)
     except EdgevitError as exc:
