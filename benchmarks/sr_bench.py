@@ -1,20 +1,28 @@
-"""Super-resolution benchmark: PSNR/SSIM (Y) on Set5/Set14 ×2/×4, eager latency at 480×640 ×2, and peak memory
-of tiled inference as the image grows. Prints markdown tables; writes JSON with --out.
+"""Super-resolution benchmark, one command: export (or reuse) the SR artifacts, then PSNR/SSIM (Y) on Set5/Set14
+×2/×4, latency at 480×640 ×2 and peak memory of tiled inference. Prints markdown; writes JSON with --out.
 
-    .venv/bin/python benchmarks/sr_bench.py [--data ../shared/data/sr] [--artifact DIR ...] [--out runs/sr_bench]
+    .venv/bin/python benchmarks/sr_bench.py [--formats onnx,pte,tflite] [--precisions fp32,int8] [--scales 2,4]
+        [--skip export,quality,latency,memory] [--work runs/sr_bench] [--threads 2] [--runs 5]
 
-Rows: the MATLAB bicubic floor, the FSRCNN-sized baseline and EfficientViT-SR (fp32 eager) with the weights in
-models/weights/. ``--artifact DIR`` adds one row per exported SR artifact folder (run through
-``edgevit.load_artifact`` and tiled by its manifest's contract; its scale picks the tables it joins).
-Latency rows are measured side by side in one process (interleaved, median); memory rows each in a fresh
-subprocess (peak RSS, ru_maxrss).
+Quality rows: the MATLAB bicubic floor, the FSRCNN-sized baseline and EfficientViT-SR fp32 eager (weights in
+models/weights/), then one row per artifact (efficientvit-sr-s-x{2,4} × format × precision), each run through its
+runner with the runner's tiling (:func:`edgevit.sr.tiling.upscale_tiled`, the manifest's tile). Artifacts are
+exported into ``--work/artifacts`` with the export gate (int8: PSNR-Y within 0.1 dB of float on Set5); one that
+misses the gate is exported with ``--no-gate`` and its row says "GATE FAILED"; a failed export is a row with its
+one-line reason. They are reused while the weights and the model source are unchanged (``--fresh`` re-exports).
+
+Latency: 480×640 input ×2 at ``--threads``, every row interleaved run by run in one process (median): eager fp32
+on the whole image (the reference), eager fp32 tiled like the artifacts, the FSRCNN baseline, and each ×2
+artifact through its runner. Memory: peak resident memory (VmHWM) of tiled ×2 upscaling in a fresh process per
+row and input size (480×640 and 1080×1920): it should not grow with the image beyond the image arrays.
+Extra rows: ``--artifact DIR`` (repeatable) adds exported SR artifact folders.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,148 +34,300 @@ import torch
 
 import edgevit
 from edgevit.cards import bundled_weights
+from edgevit.errors import EdgevitError
 from edgevit.models.sr_common import SRContract
 from edgevit.sr.evaluate import evaluate_sr
 from edgevit.sr.tiling import upscale_tiled
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {2: ("fsrcnn-x2", "efficientvit-sr-s-x2"), 4: ("fsrcnn-x4", "efficientvit-sr-s-x4")}
-MEMORY_SIZES = {"540p": (270, 480), "1080p": (540, 960), "4K": (1080, 1920)}  # x2 input sizes
+BASELINE, OURS = "fsrcnn-x{s}", "efficientvit-sr-s-x{s}"
+LATENCY_INPUT = (480, 640)
+MEMORY_INPUTS = {"480x640": (480, 640), "1080p": (1080, 1920)}  # x2 input sizes
+CALIB = ROOT.parent / "shared" / "data" / "seg" / "voc2012_val14" / "images"  # photos that are not Set5/Set14
 
 
+def _weights(model_id: str) -> Path | None:
+    w = bundled_weights(model_id)
+    return w if w.is_file() else None
+
+
+def _sha(path: Path | None) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "untrained"
+
+
+def _model_stamp(model_id: str) -> str:
+    """sha256 of the weights and of the model's source file: a cached artifact is reused only while both hold."""
+    import inspect
+
+    source = Path(inspect.getsourcefile(type(edgevit.create_model(model_id))))
+    return hashlib.sha256((_sha(_weights(model_id)) + _sha(source)).encode()).hexdigest()
+
+
+# --- export ------------------------------------------------------------------------------------
+def export_artifacts(work: Path, scales: list[int], formats: list[str], precisions: list[str], data: Path,
+                     calib: Path, fresh: bool, skip: bool) -> list[dict]:
+    """Export (or reuse) every (scale, format, precision) artifact; returns one record per artifact."""
+    from edgevit.export import GateError, export
+
+    records = []
+    for s in scales:
+        model_id = OURS.format(s=s)
+        w = _weights(model_id)
+        for fmt in formats:
+            for prec in precisions:
+                folder = work / "artifacts" / f"{model_id}-{fmt}-{prec}"
+                stamp = folder / "bench_stamp.json"
+                rec = {"model": model_id, "scale": s, "format": fmt, "precision": prec, "folder": str(folder),
+                       "stamp": _model_stamp(model_id)}
+                if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("stamp") == rec["stamp"]:
+                    records.append(json.loads(stamp.read_text()))
+                    continue
+                if skip:
+                    continue
+                print(f"  export {model_id} {fmt}/{prec} ...", file=sys.stderr, flush=True)
+                start = time.perf_counter()
+                kw = dict(weights=w, calib=calib if prec == "int8" else None, eval_data=data / "Set5", progress=False)
+                try:
+                    try:
+                        m = export(model_id, fmt, prec, folder, **kw)
+                        rec["gate"] = "passed"
+                    except GateError as exc:
+                        rec["gate"] = f"GATE FAILED: {exc}"
+                        m = export(model_id, fmt, prec, folder, gate=None, **kw)
+                    rec.update(fidelity=m.fidelity["summary"], psnr_drop=m.fidelity["psnr_drop"],
+                               float_regions=(m.quantization or {}).get("float_regions"),
+                               export_s=round(time.perf_counter() - start, 1))
+                    edgevit.io.write_json(stamp, rec)
+                except EdgevitError as exc:
+                    rec.update(gate="n/a", error=str(exc).splitlines()[0][:300])
+                print(f"    {rec.get('fidelity') or rec.get('error')}", file=sys.stderr, flush=True)
+                records.append(rec)
+    return records
+
+
+def _artifact_name(rec: dict) -> str:
+    name = f"{rec['model']} {rec['precision']} {rec['format']}"
+    return name + (" (GATE FAILED)" if str(rec.get("gate", "")).startswith("GATE FAILED") else "")
+
+
+# --- quality -----------------------------------------------------------------------------------
 def eager_rows(scale: int) -> list[tuple[str, object, SRContract | None]]:
     """(name, model or callable, contract) rows of one scale: bicubic first, then the trained eager models."""
     rows: list[tuple[str, object, SRContract | None]] = [("bicubic (MATLAB)", "bicubic", None)]
-    for model_id in MODELS[scale]:
-        w = bundled_weights(model_id)
-        model = edgevit.create_model(model_id, weights=w if w.is_file() else None)
-        rows.append((f"{model_id} fp32 eager" + ("" if w.is_file() else " (UNTRAINED)"), model, model.contract))
+    for model_id in (BASELINE.format(s=scale), OURS.format(s=scale)):
+        w = _weights(model_id)
+        model = edgevit.create_model(model_id, weights=w)
+        rows.append((f"{model_id} fp32 eager" + ("" if w else " (UNTRAINED)"), model, model.contract))
     return rows
 
 
-def artifact_rows(folders: list[str]) -> dict[int, list[tuple[str, object, SRContract]]]:
-    """Exported SR artifacts as rows, grouped by scale (name: model id, format, precision)."""
-    out: dict[int, list] = {}
-    for folder in folders:
-        runner = edgevit.load_artifact(folder)
-        m = runner.manifest
-        contract = SRContract.from_dict(m.contract)
-        out.setdefault(contract.scale, []).append((f"{m.model_id} {m.precision} {m.format}", runner, contract))
-    return out
-
-
-def quality(data: Path, artifacts: dict[int, list]) -> list[dict]:
+def quality(data: Path, scales: list[int], artifacts: list[dict], extra: list[str]) -> list[dict]:
     results = []
-    for scale in (2, 4):
-        for name, fn, contract in eager_rows(scale) + artifacts.get(scale, []):
+    for scale in scales:
+        rows = eager_rows(scale)
+        for rec in [r for r in artifacts if r["scale"] == scale]:
+            if "error" in rec:
+                results += [{"model": _artifact_name(rec), "dataset": ds, "scale": scale, "error": rec["error"]}
+                            for ds in ("Set5", "Set14")]
+                continue
+            runner = edgevit.load_artifact(rec["folder"])
+            rows.append((_artifact_name(rec), runner, SRContract.from_dict(runner.manifest.contract)))
+        for folder in extra:
+            runner = edgevit.load_artifact(folder)
+            m = runner.manifest
+            contract = SRContract.from_dict(m.contract)
+            if contract.scale == scale:
+                rows.append((f"{m.model_id} {m.precision} {m.format} ({folder})", runner, contract))
+        for name, fn, contract in rows:
             for ds in ("Set5", "Set14"):
                 r = evaluate_sr(fn, data / ds, scale, contract=contract, name=name, progress=False)
                 results.append({"model": name, "dataset": ds, "scale": scale, "psnr": r.psnr, "ssim": r.ssim})
-                print(f"  {name} {ds} x{scale}: {r.psnr:.2f} dB", file=sys.stderr)
+                print(f"  {name} {ds} x{scale}: {r.psnr:.2f} dB", file=sys.stderr, flush=True)
     return results
 
 
 def quality_table(results: list[dict]) -> str:
-    names = list(dict.fromkeys(r["model"].replace("-x2", "-xS").replace("-x4", "-xS") for r in results))
-    cell = {(r["model"].replace("-x2", "-xS").replace("-x4", "-xS"), r["dataset"], r["scale"]): r for r in results}
-    cols = [(ds, s) for s in (2, 4) for ds in ("Set5", "Set14")]
-    lines = ["| model (xS = x2 / x4) | " + " | ".join(f"{ds} x{s}" for ds, s in cols) + " |",
-             "|---|" + "---|" * len(cols)]
-    for n in names:
-        vals = [cell.get((n, ds, s)) for ds, s in cols]
-        lines.append(f"| {n} | " + " | ".join(f"{v['psnr']:.2f} / {v['ssim']:.4f}" if v else "-" for v in vals) + " |")
+    key = lambda r: r["model"].replace("-x2", "-xS").replace("-x4", "-xS")  # noqa: E731
+    names = list(dict.fromkeys(key(r) for r in results))
+    cell = {(key(r), r["dataset"], r["scale"]): r for r in results}
+    cols = [(ds, s) for s in sorted({r["scale"] for r in results}) for ds in ("Set5", "Set14")]
     bic = {(r["dataset"], r["scale"]): r["psnr"] for r in results if r["model"].startswith("bicubic")}
-    lines += ["", "PSNR-Y gain over bicubic (dB):", "", "| model | " + " | ".join(f"{ds} x{s}" for ds, s in cols) + " |",
-              "|---|" + "---|" * len(cols)]
-    for n in names[1:]:
-        vals = [cell.get((n, ds, s)) for ds, s in cols]
-        lines.append(f"| {n} | " + " | ".join(f"{v['psnr'] - bic[(ds, s)]:+.2f}" if v else "-"
-                                             for v, (ds, s) in zip(vals, cols)) + " |")
+    ref = {(ds, s): cell[(OURS.format(s="S") + " fp32 eager", ds, s)]["psnr"] for ds, s in cols
+           if (OURS.format(s="S") + " fp32 eager", ds, s) in cell}
+
+    def fmt(v: dict | None, what: str, ds: str, s: int) -> str:
+        if v is None:
+            return "-"
+        if "error" in v:
+            return "export failed"
+        if what == "abs":
+            return f"{v['psnr']:.2f} / {v['ssim']:.4f}"
+        base = bic if what == "bicubic" else ref
+        return f"{v['psnr'] - base[(ds, s)]:+.3f}" if (ds, s) in base else "-"
+
+    head = "| {} | " + " | ".join(f"{ds} x{s}" for ds, s in cols) + " |"
+    sep = "|---|" + "---|" * len(cols)
+    lines = [head.format("model (xS = x2 / x4): PSNR-Y dB / SSIM-Y"), sep]
+    lines += [f"| {n} | " + " | ".join(fmt(cell.get((n, ds, s)), "abs", ds, s) for ds, s in cols) + " |" for n in names]
+    lines += ["", head.format("PSNR-Y gain over bicubic (dB)"), sep]
+    lines += [f"| {n} | " + " | ".join(fmt(cell.get((n, ds, s)), "bicubic", ds, s) for ds, s in cols) + " |"
+              for n in names[1:]]
+    lines += ["", head.format("PSNR-Y vs ours fp32 eager (dB; the export gate: >= -0.1 on Set5)"), sep]
+    lines += [f"| {n} | " + " | ".join(fmt(cell.get((n, ds, s)), "ours", ds, s) for ds, s in cols) + " |"
+              for n in names if n.startswith(OURS.format(s="S")) and "eager" not in n]
     return "\n".join(lines)
 
 
-def latency(runs: int, threads: int) -> list[dict]:
-    """Eager fp32 at 480×640 ×2, models interleaved run by run (same machine state), median seconds."""
+# --- latency -----------------------------------------------------------------------------------
+def latency(artifacts: list[dict], runs: int, threads: int) -> list[dict]:
+    """480×640 ×2, all rows interleaved run by run in one process; median and min seconds."""
     torch.set_num_threads(threads)
-    models = [(m, edgevit.create_model(m)) for m in MODELS[2]]
-    x = torch.rand(1, 3, 480, 640)
-    times: dict[str, list[float]] = {m: [] for m, _ in models}
-    with torch.inference_mode():
-        for _, model in models:
-            model(x)  # warm-up
-        for _ in range(runs):
-            for name, model in models:
-                t = time.perf_counter()
-                model(x)
-                times[name].append(time.perf_counter() - t)
-    return [{"model": m, "threads": threads, "median_s": statistics.median(t), "min_s": min(t), "runs": runs,
-             "macs": edgevit.count_macs(model, (1, 3, 480, 640))} for (m, model), t in zip(models, times.values())]
+    ours = edgevit.create_model(OURS.format(s=2), weights=_weights(OURS.format(s=2)))
+    base = edgevit.create_model(BASELINE.format(s=2), weights=_weights(BASELINE.format(s=2)))
+    x = np.random.default_rng(0).random((1, 3, *LATENCY_INPUT), dtype=np.float32)
+
+    def eager(model):
+        def run():
+            with torch.inference_mode():
+                model(torch.from_numpy(x))
+        return run
+
+    rows = [(f"{OURS.format(s=2)} fp32 eager, whole image", eager(ours), None),
+            (f"{OURS.format(s=2)} fp32 eager, tiled {ours.contract.tile}px",
+             lambda: upscale_tiled(ours, x, ours.contract), None),
+            (f"{BASELINE.format(s=2)} fp32 eager, whole image", eager(base), None)]
+    for rec in artifacts:
+        if rec["scale"] != 2 or "error" in rec:
+            continue
+        runner = edgevit.load_artifact(rec["folder"], threads=threads)
+        contract = SRContract.from_dict(runner.manifest.contract)
+        rows.append((f"{_artifact_name(rec)}, tiled {contract.tile}px",
+                     lambda r=runner, c=contract: upscale_tiled(r, x, c), rec))
+    times: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+    for _, fn, _ in rows:
+        fn()  # warm-up
+    for _ in range(runs):
+        for name, fn, _ in rows:
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return [{"row": name, "threads": threads, "median_s": statistics.median(times[name]), "min_s": min(times[name]),
+             "runs": runs} for name, _, _ in rows]
 
 
-def _memory_child(model_id: str, h: int, w: int, tiled: bool) -> None:
-    """Run in a fresh process: upscale one h×w image, print peak RSS (bytes) as JSON."""
-    torch.set_num_threads(1)
-    model = edgevit.create_model(model_id)
-    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if tiled:
-        y = upscale_tiled(model, x, model.contract)
+# --- memory ------------------------------------------------------------------------------------
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def _memory_child(source: str, h: int, w: int, threads: int) -> None:
+    """Run in a fresh process: tiled ×2 upscaling of one h×w image by ``source`` (an artifact folder or an eager
+    model id); prints VmHWM (peak), RSS after loading + one warm-up tile, and the image arrays' bytes, as JSON."""
+    torch.set_num_threads(threads)
+    if Path(source).is_dir():
+        fn = edgevit.load_artifact(source, threads=threads)
+        contract = SRContract.from_dict(fn.manifest.contract)
     else:
-        with torch.inference_mode():
-            y = model(torch.from_numpy(x)).numpy()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_rss": peak, "before": base, "output_bytes": y.nbytes, "input_bytes": x.nbytes}))
+        fn = edgevit.create_model(source, weights=_weights(source))
+        contract = fn.contract
+    t = contract.tile
+    upscale_tiled(fn, np.zeros((1, 3, t, t), np.float32), contract)
+    before = _status_kib("VmRSS") * 1024
+    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    y = upscale_tiled(fn, x, contract)
+    print(json.dumps({"peak": _status_kib("VmHWM") * 1024, "before": before, "arrays": x.nbytes + y.nbytes}))
 
 
-def memory(model_id: str, untiled_limit: str = "1080p") -> list[dict]:
+def memory(artifacts: list[dict], threads: int) -> list[dict]:
+    sources = [(f"{OURS.format(s=2)} fp32 eager", OURS.format(s=2))]
+    sources += [(_artifact_name(r), r["folder"]) for r in artifacts if r["scale"] == 2 and "error" not in r]
     rows = []
-    for label, (h, w) in MEMORY_SIZES.items():
-        for tiled in (True, False):
-            if not tiled and list(MEMORY_SIZES).index(label) > list(MEMORY_SIZES).index(untiled_limit):
+    for name, source in sources:
+        for label, (h, w) in MEMORY_INPUTS.items():
+            code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import sr_bench; "
+                    f"sr_bench._memory_child({source!r}, {h}, {w}, {threads})")
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if proc.returncode:
+                rows.append({"row": name, "input": label, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
                 continue
-            code = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import sr_bench; " \
-                   f"sr_bench._memory_child({model_id!r}, {h}, {w}, {tiled})"
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            rows.append({"model": model_id, "output": f"{2 * h}x{2 * w} ({label})", "tiled": tiled, **r})
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append({"row": name, "input": f"{h}x{w} ({label})", **result})
     return rows
+
+
+# --- main --------------------------------------------------------------------------------------
+def _load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sr"))
-    p.add_argument("--artifact", action="append", default=[], help="exported SR artifact folder (repeatable)")
+    p.add_argument("--calib", default=str(CALIB), help="int8 calibration photos (not the evaluation sets)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "sr_bench"), help="artifact cache and sr_bench.json")
+    p.add_argument("--formats", default="onnx,pte,tflite")
+    p.add_argument("--precisions", default="fp32,int8")
+    p.add_argument("--scales", default="2,4", help="scales of the quality table (latency and memory: x2)")
+    p.add_argument("--artifact", action="append", default=[], help="extra exported SR artifact folder (repeatable)")
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: quality, latency, memory")
-    p.add_argument("--out", help="write sr_bench.json here")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip", default="", help="comma-separated: export (use cached artifacts only), quality, "
+                                               "latency, memory")
+    p.add_argument("--fresh", action="store_true", help="re-export even when cached artifacts match the weights")
+    p.add_argument("--out", help="also write sr_bench.json here (default: --work)")
     a = p.parse_args()
-    skip, report = set(a.skip.split(",")), {}
+    skip = set(filter(None, a.skip.split(",")))
+    scales = [int(s) for s in a.scales.split(",")]
+    formats, precisions = a.formats.split(","), a.precisions.split(",")
+    work = Path(a.work)
+    report: dict = {"load_average_start": _load_average(), "threads": a.threads}
+    report["artifacts"] = export_artifacts(work, scales, formats, precisions, Path(a.data), Path(a.calib), a.fresh,
+                                           "export" in skip)
+    print(f"load average at start: {report['load_average_start']} (shared machine: timings are noisy)\n")
+    print("## Artifacts (export gate: PSNR-Y on Set5 within 0.1 dB of float)\n")
+    print("| artifact | gate | fidelity at export | float region |\n|---|---|---|---|")
+    for r in report["artifacts"]:
+        region = ", ".join(f"{g['name']} ({', '.join(g['modules'])}{' + output tail' if g['output_tail'] else ''})"
+                           for g in r.get("float_regions") or []) or "-"
+        gate = "passed" if r.get("gate") == "passed" else ("FAILED" if "GATE" in str(r.get("gate")) else r.get("gate"))
+        print(f"| {_artifact_name(r)} | {gate} | {r.get('fidelity') or r.get('error')} | {region} |")
+    print()
     if "quality" not in skip:
-        report["quality"] = quality(Path(a.data), artifact_rows(a.artifact))
-        print("## PSNR / SSIM on Y (BT.601), scale px shaved, MATLAB-bicubic LR files\n")
-        print(quality_table(report["quality"]) + "\n")
+        report["quality"] = quality(Path(a.data), scales, report["artifacts"], a.artifact)
+        print("## PSNR / SSIM on Y (BT.601), scale px shaved, MATLAB-bicubic LR files; artifacts tiled by the runner\n")
+        print(quality_table([r for r in report["quality"]]) + "\n")
     if "latency" not in skip:
-        report["latency"] = latency(a.runs, a.threads)
-        base = report["latency"][0]["median_s"]
-        print(f"## Eager fp32 latency, 480x640 input x2, {a.threads} thread(s), median of {a.runs} interleaved runs\n")
-        print("| model | MACs | median | min | vs baseline |\n|---|---|---|---|---|")
+        report["latency"] = latency(report["artifacts"], a.runs, a.threads)
+        ref = report["latency"][0]["median_s"]
+        tiled = report["latency"][1]["median_s"]
+        h, w = LATENCY_INPUT
+        print(f"## Latency, {h}x{w} input x2, {a.threads} threads, median of {a.runs} interleaved runs, one process\n")
+        print("| row | median | min | speed-up vs eager fp32 whole image | vs eager fp32 tiled |\n"
+              "|---|---|---|---|---|")
         for r in report["latency"]:
-            print(f"| {r['model']} | {r['macs'] / 1e9:.2f}G | {1000 * r['median_s']:.0f} ms | {1000 * r['min_s']:.0f} ms | "
-                  f"{base / r['median_s']:.2f}x faster |")
-        print()
+            print(f"| {r['row']} | {1000 * r['median_s']:.0f} ms | {1000 * r['min_s']:.0f} ms | "
+                  f"{ref / r['median_s']:.2f}x | {tiled / r['median_s']:.2f}x |")
+        print(f"\nload average after latency: {_load_average()}\n")
     if "memory" not in skip:
-        report["memory"] = memory("efficientvit-sr-s-x2")
-        print("## Peak RSS of x2 upscaling (efficientvit-sr-s-x2, 256px tiles, fresh process each)\n")
-        print("The image arrays (input, its padded copy, output) must grow with the image; the rest should not.\n")
-        print("| output | tiled | peak RSS | RSS before | image arrays | peak - before - arrays |\n|---|---|---|---|---|---|")
+        report["memory"] = memory(report["artifacts"], a.threads)
+        print("## Peak memory of tiled x2 upscaling (VmHWM, fresh process per row)\n")
+        print("'growth' = peak - RSS after load and one warm-up tile - image arrays (input + output): should stay "
+              "flat.\n")
+        print("| row | input | peak | after load | image arrays | growth |\n|---|---|---|---|---|---|")
         for r in report["memory"]:
-            arrays = r["output_bytes"] + 2 * r["input_bytes"]
-            print(f"| {r['output']} | {'yes' if r['tiled'] else 'no'} | {r['peak_rss'] / 2**20:.0f} MiB | "
-                  f"{r['before'] / 2**20:.0f} MiB | {arrays / 2**20:.0f} MiB | "
-                  f"{(r['peak_rss'] - r['before'] - arrays) / 2**20:.0f} MiB |")
-    if a.out:
-        edgevit.io.write_json(Path(a.out) / "sr_bench.json", report)
+            if "error" in r:
+                print(f"| {r['row']} | {r['input']} | error: {r['error']} | | | |")
+                continue
+            mib = lambda v: f"{v / 2**20:.0f} MiB"  # noqa: E731
+            print(f"| {r['row']} | {r['input']} | {mib(r['peak'])} | {mib(r['before'])} | {mib(r['arrays'])} | "
+                  f"{mib(r['peak'] - r['before'] - r['arrays'])} |")
+    edgevit.io.write_json(Path(a.out or work) / "sr_bench.json", report)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import edgevit
 from edgevit.errors import EdgevitError
@@ -27,6 +28,7 @@ def set5(shared_data):
 @pytest.fixture(scope="module")
 def fp32(set5, tmp_path_factory):
     out = tmp_path_factory.mktemp("sr") / "onnx-fp32"
+    torch.manual_seed(0)  # random init, reproduced by test_runner_handles_awkward_images
     return export(MODEL, "onnx", "fp32", out, eval_data=set5, input_size=TILE, progress=False), out
 
 
@@ -68,3 +70,63 @@ def test_sr_tile_size_is_checked(set5, tmp_path):
         export(MODEL, "onnx", "fp32", tmp_path / "x", eval_data=set5, input_size="128x256", progress=False)
     with pytest.raises(EdgevitError, match="margin"):
         export(MODEL, "onnx", "fp32", tmp_path / "x", eval_data=set5, input_size="64x64", progress=False)
+
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory):
+    """HR photos the runner path must handle: odd sizes (one larger than a tile), gray, 16-bit gray, tiny."""
+    from PIL import Image
+
+    from edgevit import processing
+
+    root = tmp_path_factory.mktemp("awkward")
+    rng = np.random.default_rng(0)
+    base = processing.resize_bicubic(rng.integers(0, 256, (24, 20, 3)).astype(np.uint8), (331, 297))
+    Image.fromarray(base).save(root / "odd_large.png")  # LR 165x148: several 144px tiles, odd HR size
+    Image.fromarray(base[:61, :47]).save(root / "odd_small.png")  # LR 30x23: smaller than a tile
+    Image.fromarray(base[:40, :40, 1]).save(root / "gray.png")
+    Image.fromarray(base[:44, :36, 0].astype(np.uint16) * 257).save(root / "deep.png")  # 16-bit gray
+    return root
+
+
+def test_runner_handles_awkward_images(fp32, awkward):
+    """Odd sizes, gray, 16-bit gray, smaller than a tile: through the artifact's runner, equal to eager tiling."""
+    from edgevit.models.sr_common import SRContract
+    from edgevit.sr.evaluate import load_pairs, upscale_image
+
+    m, out = fp32
+    runner, contract = edgevit.load_artifact(out), SRContract.from_dict(m.contract)
+    r = evaluate_sr(runner, awkward, 2, contract=contract, progress=False)
+    assert [i["image"] for i in r.images] == ["deep", "gray", "odd_large", "odd_small"]
+    assert all(np.isfinite(i["psnr"]) and 0 < i["ssim"] <= 1 for i in r.images)
+    assert [i["gray"] for i in r.images] == [True, True, False, False]
+    torch.manual_seed(0)
+    model = edgevit.create_model(MODEL)  # the fixture's random weights
+    for name, hr, lr, _, _ in load_pairs(awkward, 2):
+        got, want = upscale_image(runner, lr, contract), upscale_image(model, lr, contract)
+        assert got.shape == hr.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1, name
+
+
+def test_runner_refuses_16bit_colour_clearly(fp32, tmp_path):
+    import struct
+    import zlib
+
+    from edgevit.models.sr_common import SRContract
+
+    raw = b"".join(b"\x00" + np.zeros((20, 3), ">u2").tobytes() for _ in range(20))
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20, 20, 16, 2, 0, 0, 0))
+    (tmp_path / "rgb16.png").write_bytes(png + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    m, out = fp32
+    with pytest.raises(EdgevitError, match="16-bit colour PNG"):
+        evaluate_sr(edgevit.load_artifact(out), tmp_path, 2, contract=SRContract.from_dict(m.contract), progress=False)
+
+
+def test_sr_int8_keeps_the_declared_region_and_passes(set5, tmp_path):
+    """Pipeline int8 (random weights, 144px tiles): the manifest records the region; the skip conv is float."""
+    m = export(MODEL, "onnx", "int8", tmp_path / "q", calib=set5, eval_data=set5, input_size=TILE, gate=None,
+               progress=False)
+    q = m.quantization
+    assert [r["modules"] for r in q["float_regions"]] == [["skip"]] and q["float_regions"][0]["output_tail"]
+    assert "node_clamp" in q["float_region_nodes"] and q["int8_conv"] > 10
+    assert m.fidelity["gate_result"] == "passed" and m.fidelity["psnr_drop"] < 0.1  # measured with gate=None

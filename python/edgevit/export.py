@@ -20,6 +20,7 @@ import torch
 
 from .errors import EdgevitError
 from .lowering.base import ExportRequest, ExportResult, IOSpec, get_backend
+from .lowering.float_region import FloatRegion
 from .lowering.rewrite import export_friendly
 from .manifest import Manifest, sha256_file, write_manifest
 from .models import create_model
@@ -69,10 +70,12 @@ def _tool_versions(result: ExportResult) -> dict[str, str]:
             "torch": torch.__version__, **result.tool_versions}
 
 
-def _lower(backend, model, io_specs, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path) -> ExportResult:
+def _lower(backend, model, io_specs, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path,
+           regions: tuple[FloatRegion, ...] = ()) -> ExportResult:
     inputs, outputs = io_specs
     request = ExportRequest.multi(model, [IOSpec.from_dict(d) for d in inputs], [d["name"] for d in outputs],
-                                  precision, tmp / f"model{backend.extension}", calib, keep_float)
+                                  precision, tmp / f"model{backend.extension}", calib, keep_float,
+                                  regions if precision == "int8" else ())
     return backend.export(request)
 
 
@@ -130,6 +133,8 @@ def export(
     example = torch.from_numpy((calib_inputs or task.model_inputs(contract, fid_set))[0])
     friendly, subs = export_friendly(model, example)
     inputs, outputs = task.io_specs(contract)
+    # Optional task hook: parts int8 keeps in float32 by design (declared, measured, in the manifest).
+    regions = tuple(getattr(task, "float_regions", lambda m, x: ())(friendly, example))
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,7 @@ def export(
         sensitivity = None
         for round_ in range(MAX_FALLBACK_ROUNDS + 1):
             result = _lower(backend, friendly, (inputs, outputs), precision, calib_inputs, [k["name"] for k in kept],
-                            tmp)
+                            tmp, regions)
             artifact = tmp / f"model{backend.extension}"
             provisional = Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs,
                                    outputs, contract.to_dict(), {})
@@ -163,7 +168,7 @@ def export(
                 keep_float=tuple(k["name"] for k in kept))
         manifest = _final_manifest(model_id, format, precision, artifact, (inputs, outputs), contract, result, subs,
                                    fid, gate or task.default_gate(), failures, calib_set, fid_set, kept, sensitivity,
-                                   weights)
+                                   weights, regions)
         write_manifest(manifest, tmp)
         _replace_dir(tmp, out)
     finally:
@@ -173,11 +178,12 @@ def export(
 
 def _final_manifest(model_id, format, precision, artifact: Path, io_specs, contract, result: ExportResult, subs,
                     fid: Fidelity, gate: Gate, failures, calib_set, fid_set, kept, sensitivity,
-                    weights) -> Manifest:
+                    weights, regions: tuple[FloatRegion, ...] = ()) -> Manifest:
     inputs, outputs = io_specs
     quant = None
     if precision == "int8":
         quant = {**(result.quantization or {}), "kept_float": kept,
+                 "float_regions": [r.to_dict() for r in regions],
                  "sensitivity": [s.to_dict() for s in sensitivity] if sensitivity else None}
     return Manifest(
         model_id=model_id, format=format, precision=precision, artifact=artifact.name,

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import EdgevitError
 from ..registry import Registry
+from .float_region import FloatRegion
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -95,6 +96,8 @@ class ExportRequest:
     ``calibration``: for int8, real samples, never random tensors: one tuple of arrays per sample, aligned
     with ``inputs`` (a bare array is accepted for a single input), e.g. pre-processed photos 1×3×H×W.
     ``keep_float``: qualified module names (``model.named_modules()``) to leave un-quantized.
+    ``float_regions``: declared :class:`~edgevit.lowering.float_region.FloatRegion` values (int8 only):
+    modules computed in float32 from un-quantized inputs, and/or the float output tail.
     """
 
     model: nn.Module
@@ -105,6 +108,7 @@ class ExportRequest:
     keep_float: tuple[str, ...] = ()
     inputs: tuple[IOSpec, ...] = ()
     outputs: tuple[str, ...] = ()
+    float_regions: tuple[FloatRegion, ...] = ()
 
     def __post_init__(self) -> None:
         if self.inputs:
@@ -127,14 +131,17 @@ class ExportRequest:
         _unique([s.name for s in self.inputs] + list(self.outputs), "input and output")
         self.input_shape = self.inputs[0].shape if len(self.inputs) == 1 else None
         self.keep_float = tuple(self.keep_float)
+        self.float_regions = tuple(self.float_regions)
+        if self.float_regions:
+            check_keep_float(self.model, [m for r in self.float_regions for m in r.modules])
 
     @classmethod
     def multi(cls, model: nn.Module, inputs: Sequence[IOSpec], outputs: Sequence[str], precision: str,
               out_path: Path, calibration: list[tuple[np.ndarray, ...]] | None = None,
-              keep_float: Sequence[str] = ()) -> ExportRequest:
+              keep_float: Sequence[str] = (), float_regions: Sequence[FloatRegion] = ()) -> ExportRequest:
         """A request with named ``inputs`` (forward's positional arguments) and ``outputs`` (its results)."""
         return cls(model, None, precision, Path(out_path), calibration, tuple(keep_float), tuple(inputs),
-                   tuple(outputs))
+                   tuple(outputs), tuple(float_regions))
 
     def example_inputs(self) -> tuple[Any, ...]:
         """Example tensors for tracing: the first calibration sample when there is one, else zeros."""

@@ -36,6 +36,7 @@ from .. import errors
 from ..errors import EdgevitError
 from ..runtime.base import CheckedRunner
 from .base import ExportRequest, ExportResult, check_calibration, check_dtypes, check_keep_float, flat_outputs
+from .float_region import FloatRegion, fx_filter, fx_float_nodes
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -200,16 +201,19 @@ def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]):
 
 
 def _quantize(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: list[tuple[torch.Tensor, ...]],
-              keep_float: Sequence[str]) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+              keep_float: Sequence[str], float_regions: Sequence[FloatRegion] = ()
+              ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     xq = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 export")
     pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 export")
     quantizer = xq.XNNPACKQuantizer().set_global(xq.get_symmetric_quantization_config(is_per_channel=True))
     keep_float, added = _widen_keep_float(model, keep_float)
-    if keep_float:
+    if keep_float or float_regions:
         # XNNPACKQuantizer.set_module_name(name, None) is refused ("None is not supported yet"); a node
-        # filter that skips every node traced under a kept module has the intended effect.
-        quantizer.set_filter_function(_keep_float_filter(keep_float))
+        # filter that skips every node traced under a kept module (or in a float region) has the intended effect.
+        keep, region = _keep_float_filter(keep_float), fx_filter(float_regions)
+        quantizer.set_filter_function(lambda node: keep(node) and region(node))
     graph = _torch_export(model, example).module()
+    region_nodes = sorted(fx_float_nodes(graph.graph, float_regions)) if float_regions else []
     prepared = pt2e.prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for xs in calibration:
@@ -219,6 +223,8 @@ def _quantize(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: 
     report["calibration_images"] = len(calibration)
     report["keep_float_method"] = "quantizer node filter on the traced module path (nn_module_stack)"
     report["kept_float_added"] = added
+    if float_regions:
+        report["float_region_nodes"] = region_nodes  # fx nodes not annotated: float32 in the delegate
     return converted, report
 
 
@@ -248,7 +254,7 @@ class ExecuTorchBackend:
         example = calibration[0] if calibration else request.example_inputs()
         quant = None
         if request.precision == "int8":
-            model, quant = _quantize(model, example, calibration, request.keep_float)
+            model, quant = _quantize(model, example, calibration, request.keep_float, request.float_regions)
         elif request.keep_float:
             notes.append("keep_float ignored: fp32 export keeps every module in float")
         program = _torch_export(model, example)

@@ -71,6 +71,7 @@ from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
 from .base import ExportRequest, ExportResult, IOSpec, check_calibration, check_dtypes, check_keep_float
+from .float_region import FloatRegion, fx_filter, fx_float_nodes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -280,7 +281,7 @@ def _in_modules(node: Any, modules: Sequence[str]) -> str | None:
     return None
 
 
-def _make_quantizer(keep_float: Sequence[str]) -> Any:
+def _make_quantizer(keep_float: Sequence[str], float_regions: Sequence[FloatRegion] = ()) -> Any:
     """A PT2EQuantizer (per-channel symmetric int8 weights, per-tensor affine int8 activations) that also
     annotates activation+activation additions and concatenations (one shared range for all inputs), and
     leaves every node of the ``keep_float`` modules float.
@@ -288,6 +289,9 @@ def _make_quantizer(keep_float: Sequence[str]) -> Any:
     The stock "add" and "cat" annotators find their ops through ``source_fn_stack``, which torch.export no
     longer records, so without this every residual addition would compute in float32 between DEQUANTIZE
     and QUANTIZE, and the converter would give a concatenation the first input's range only.
+    A tensor that a concatenation reads several times (an edge pad repeating one border slice) gets one
+    spec: sharing a first input with itself made a cycle that ``prepare_pt2e`` recursed on forever
+    (RecursionError in ``_unwrap_shared_qspec``). Nodes of declared ``float_regions`` are not annotated.
     """
     import torch
 
@@ -297,8 +301,10 @@ def _make_quantizer(keep_float: Sequence[str]) -> Any:
     kept = tuple(keep_float)
     aten = torch.ops.aten
 
+    in_region = fx_filter(float_regions)
+
     def quantize_node(node: Any) -> bool:
-        return not kept or _in_modules(node, kept) is None
+        return (not kept or _in_modules(node, kept) is None) and in_region(node)
 
     def annotated(node: Any) -> bool:
         ann = node.meta.get("quantization_annotation")
@@ -317,7 +323,7 @@ def _make_quantizer(keep_float: Sequence[str]) -> Any:
                     node.meta["quantization_annotation"] = qz.QuantizationAnnotation(
                         input_qspec_map={a: act, b: act}, output_qspec=out, _annotated=True)
             elif node.target == aten.cat.default:
-                inputs = list(node.args[0])
+                inputs = list(dict.fromkeys(node.args[0]))  # once each: a repeated input shares with itself
                 if inputs and all(_is_float_activation(x) for x in inputs):
                     shared = qz.SharedQuantizationSpec((inputs[0], node))
                     node.meta["quantization_annotation"] = qz.QuantizationAnnotation(
@@ -337,7 +343,8 @@ def _make_quantizer(keep_float: Sequence[str]) -> Any:
 
 
 def quantize_int8(model: nn.Module, calibration: Sequence[tuple[np.ndarray, ...]],
-                  keep_float: Sequence[str] = ()) -> tuple[bytes, dict[str, Any]]:
+                  keep_float: Sequence[str] = (), float_regions: Sequence[FloatRegion] = ()
+                  ) -> tuple[bytes, dict[str, Any]]:
     """Full-integer int8 ``.tflite`` bytes (float32 I/O) calibrated on ``calibration`` (one tuple of input
     arrays per sample, as :func:`~edgevit.lowering.base.check_calibration` returns), and what was done."""
     import torch
@@ -346,7 +353,7 @@ def quantize_int8(model: nn.Module, calibration: Sequence[tuple[np.ndarray, ...]
     pt2e = require("torchao.quantization.pt2e.quantize_pt2e", _EXTRA, "int8 LiteRT export")
     QuantConfig = require("litert_torch.quantize.quant_config", _EXTRA, "int8 LiteRT export").QuantConfig
     example = tuple(torch.from_numpy(x) for x in calibration[0])
-    quantizer = _make_quantizer(keep_float)
+    quantizer = _make_quantizer(keep_float, float_regions)
     graph, pads = _exported(model, example)
     try:
         prepared = pt2e.prepare_pt2e(graph, quantizer)
@@ -380,6 +387,7 @@ def quantize_int8(model: nn.Module, calibration: Sequence[tuple[np.ndarray, ...]
         "calibration_images": len(calibration),  # samples (tuples) for several inputs
         "keep_float": list(keep_float),
         "keep_float_nodes": dict(kept_nodes),
+        "float_region_nodes": sorted(fx_float_nodes(graph.graph, float_regions)) if float_regions else [],
         "graph_edits": {"zero_fill_pads": pads, **edits},
     }
     return content, details
@@ -685,7 +693,7 @@ class LiteRTBackend:
         notes: list[str] = []
         quant: dict[str, Any] | None = None
         if request.precision == "int8":
-            content, quant = quantize_int8(model, calibration, keep)
+            content, quant = quantize_int8(model, calibration, keep, request.float_regions)
             edits = quant["graph_edits"]
             pads = edits["zero_fill_pads"]
             notes.append("int8: float32 I/O, QUANTIZE/DEQUANTIZE inside the graph")

@@ -48,6 +48,7 @@ from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
 from .base import ExportRequest, ExportResult, IOSpec, check_calibration, check_dtypes, check_keep_float
+from .float_region import onnx_float_nodes, region_modules, unquantize_float_inputs
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -228,12 +229,14 @@ def _quiet_quantizer() -> Iterator[None]:
 
 
 def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[Any],
-                 exclude_nodes: Sequence[str] = ()) -> list[str]:
+                 exclude_nodes: Sequence[str] = (), float_nodes: Sequence[str] = ()) -> list[str]:
     """Quantize the fp32 ONNX file at ``fp32_path`` to symmetric int8 QDQ at ``out_path`` (written atomically).
 
     ``calibration``: one tuple of arrays per sample in the graph's input order (a bare array for a single
     input). ``exclude_nodes``, every :func:`activation_matmuls` node and every Softmax stay float; returns the
-    :func:`activation_matmuls` names.
+    :func:`activation_matmuls` names. ``float_nodes`` (declared float regions) stay float too and read
+    their inputs from before any activation Q/DQ pair
+    (:func:`~edgevit.lowering.float_region.unquantize_float_inputs`).
     """
     onnx = require("onnx", _EXTRA, "int8 ONNX quantization")
     quant = require("onnxruntime.quantization", _EXTRA, "int8 ONNX quantization")
@@ -246,7 +249,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     # Softmax outputs (attention probabilities) are not re-quantized either: onnxruntime gives them the fixed
     # range [0, 1], whose symmetric int8 step 1/127 rounds typical probabilities (about 1/tokens) to 0 or 1/127.
     softmax = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
-    excluded = sorted(set(exclude_nodes) | set(float_matmuls) | set(softmax))
+    excluded = sorted(set(exclude_nodes) | set(float_nodes) | set(float_matmuls) | set(softmax))
 
     class Reader(quant.CalibrationDataReader):
         def __init__(self) -> None:
@@ -268,6 +271,8 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
             raise EdgevitError(f"{fp32_path}: int8 QDQ quantization failed ({type(exc).__name__}: "
                                f"{_first_line(exc)})") from exc
         qproto = onnx.load(str(out))
+        if float_nodes:
+            unquantize_float_inputs(qproto, float_nodes)
         check_graph(qproto, specs, outputs)
         with io.atomic_write(out_path) as f:
             f.write(qproto.SerializeToString())
@@ -372,10 +377,14 @@ class OnnxBackend:
 
         kept = keep_float_nodes(request.model, proto, request.keep_float)
         excluded = sorted({n for nodes in kept.values() for n in nodes})
+        region_nodes = []
+        if request.float_regions:
+            modules = keep_float_nodes(request.model, proto, region_modules(request.float_regions))
+            region_nodes = onnx_float_nodes(proto, request.float_regions, modules)
         with tempfile.TemporaryDirectory(prefix="edgevit-onnx-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(proto.SerializeToString())
-            float_matmuls = quantize_qdq(fp32, out, calibration, excluded)
+            float_matmuls = quantize_qdq(fp32, out, calibration, excluded, region_nodes)
         onnx = require("onnx", _EXTRA, "ONNX export")
         summary = graph_summary(onnx.load(str(out)))
         quantization = {
@@ -389,6 +398,8 @@ class OnnxBackend:
             "calibration_method": "MinMax",
             "calibration_count": len(calibration),
             "kept_float_nodes": {name: nodes for name, nodes in kept.items()},  # module -> ONNX node names
+            "float_regions": [r.to_dict() for r in request.float_regions],
+            "float_region_nodes": region_nodes,  # ONNX nodes in float32 reading un-quantized inputs
             "excluded_nodes": len(set(excluded) | set(float_matmuls)),
             "int8_conv": summary["int8_conv"],
             "int8_matmul": summary["int8_matmul"],

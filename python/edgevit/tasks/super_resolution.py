@@ -4,6 +4,17 @@ An SR artifact takes one ``tile``×``tile`` float32 RGB tile in [0, 1] (input ``
 ``scale``× tile (output ``upscaled``); whole images run through :func:`edgevit.sr.tiling.upscale_tiled`.
 Fidelity: PSNR/SSIM on Y (:mod:`edgevit.sr.evaluate`) of the artifact and of the eager float model, both
 tiled the same way, against the HR images; the gate fails an artifact more than 0.1 dB below float.
+
+int8 keeps a declared float region (:meth:`SuperResolutionTask.float_regions`): the global interpolation
+skip (the modules that upsample the input image itself) and the output tail (residual + skip sum, clamp).
+Measured on the trained efficientvit-sr-s-x2, Set5 ×2, ONNX QDQ (weights per channel, activations
+symmetric per tensor), PSNR-Y drop vs float: all int8 0.153 dB; skip float (weights, compute) 0.129 dB;
+skip and tail float 0.020 dB. Marginal cost of int8 on each tail tensor, the rest float: the skip's input
+(the image) 0.041 dB, the skip's output 0.036 dB, the sum / clamped output 0.024 dB, the residual conv's
+output and its pixel shuffle 0.001 dB each. Why: these tensors carry the whole image (range ~[0, 1] or
+wider), so one int8 step is 1/127 to 1/110 of it — 2 to 2.3 grey levels of the 8-bit output, the same order
+as the residual the network adds — while the residual branch's own tensors are small and quantize finely.
+Per-quantizer numbers: benchmarks/sr_quant_probe.py.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import numpy as np
 
 from ..errors import EdgevitError
 from ..fidelity import sqnr_db
+from ..lowering.float_region import FloatRegion
 from ..models.sr_common import SRContract
 from .base import LogitsFn
 
@@ -136,3 +148,42 @@ class SuperResolutionTask:
 
     def default_gate(self) -> SRGate:
         return SRGate()
+
+    def float_regions(self, model: Any, example: Any) -> list[FloatRegion]:
+        """int8 keeps the global skip (:func:`global_skip_modules`) and the output tail in float32."""
+        skips = global_skip_modules(model, example)
+        return [FloatRegion("global-skip-and-output", tuple(skips), output_tail=True, why=FLOAT_REGION_WHY)]
+
+
+FLOAT_REGION_WHY = ("the bicubic skip and the output sum carry the whole image: int8 steps there are ~2 grey "
+                    "levels. efficientvit-sr-s-x2 Set5 ONNX QDQ PSNR-Y drop: all int8 0.153 dB, skip + tail "
+                    "float 0.020 dB (int8 skip input +0.041, skip output +0.036, output sum +0.024 dB)")
+
+
+def global_skip_modules(model: Any, example: Any) -> list[str]:
+    """Names of the fixed interpolation modules (no trainable parameters, e.g. a bicubic skip) that read the
+    model's input image itself, found by running ``model`` once on ``example`` (float32 1×3×t×t tensor)."""
+    import torch
+
+    found: list[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if not name or any(True for _ in module.parameters()) or not any(True for _ in module.buffers()):
+            continue
+
+        def hook(m: Any, args: tuple[Any, ...], name: str = name) -> None:
+            x = args[0] if args else None
+            h, w = example.shape[-2:]
+            if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[:2] == example.shape[:2]
+                    and x.shape[-2] >= h and x.shape[-1] >= w and torch.equal(x[..., :h, :w], example)
+                    and not any(name.startswith(f + ".") for f in found)):
+                found.append(name)
+
+        hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(found))
