@@ -32,6 +32,7 @@ from torch import nn
 from .. import processing
 from ..models.efficientvit_seg import Upsample
 from ..models.layers import LiteMLA
+from ..models.linear_attention import bmm_relu_linear_attention
 
 
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -69,18 +70,8 @@ class BmmLiteMLA(LiteMLA):
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         b, c, h, w = qkv.shape
-        d, n = self.dim, h * w
-        t = qkv.float().reshape(b * (c // (3 * d)), 3 * d, n)  # (B·heads)×3d×N
-        q, k, v = F.relu(t[:, :d]), F.relu(t[:, d : 2 * d]), t[:, 2 * d :]
-        v1 = F.pad(v, (0, 0, 0, 1), value=1.0)  # [V; 1]: (B·heads)×(d+1)×N
-        if n > d:
-            out = torch.bmm(torch.bmm(v1, k.transpose(1, 2)), q)  # ([V;1] Kᵀ) Q
-        else:
-            out = torch.bmm(v1, torch.bmm(k.transpose(1, 2), q))  # [V;1] (Kᵀ Q)
-        # max(den, eps) rather than den + eps: den >= 0, so the two differ by at most eps (1e-15), but the
-        # ONNX exporter's optimizer folds "+ 1e-15" away as a no-op and 0/0 then turns into NaN.
-        out = out[:, :d] / out[:, d:].clamp_min(self.eps)
-        return out.reshape(b, -1, h, w)
+        t = qkv.reshape(b * (c // (3 * self.dim)), 3 * self.dim, h * w)  # (B·heads)×3d×N
+        return bmm_relu_linear_attention(t, self.dim, self.eps).reshape(b, -1, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)

@@ -22,24 +22,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io as _bytes_io
-import math
 import os
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .. import io, processing
 from ..data.segmentation import IGNORE_INDEX, SegDataset, SegSample, open_segmentation_dataset
@@ -47,11 +42,13 @@ from ..errors import EdgevitError
 from ..evaluate import evaluate_segmentation
 from ..models.contract import SegContract
 from ..models.registry import create_model, get_model_entry
+from .loop import (SAVE_DTYPES, check_float, check_int, check_save_dtype, check_schedule, deterministic, make_optimizer,
+                   make_scheduler, open_run, run_steps, save_checkpoint, save_weights, weights_for_saving)
 
+WHO = "finetune"  # prefix of argument errors
 CHECKPOINT_FORMAT = "edgevit.finetune"
 CHECKPOINT_VERSION = 1
 COLOR_JITTER = 0.2  # brightness, contrast and saturation factors drawn from U(1 - j, 1 + j)
-SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights, for contrast and saturation
 _CACHE_LIMIT = 100  # training sets up to this many images are kept decoded in memory (pure speed-up)
 
@@ -103,46 +100,28 @@ class FinetuneConfig:
         return shlex.join(argv)
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise EdgevitError(f"finetune: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value: object, positive: bool) -> float:
-    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):
-        raise EdgevitError(f"finetune: {name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
 def _validated_config(**kw: Any) -> FinetuneConfig:
     """Check every argument (one-line EdgevitError naming the argument) and freeze them into a config."""
-    steps = _check_int("steps", kw["steps"], 1)
-    warmup = _check_int("warmup", kw["warmup"], 0)
-    if warmup > steps:
-        raise EdgevitError(f"finetune: warmup ({warmup}) must not exceed steps ({steps})")
+    steps, warmup = check_schedule(WHO, kw["steps"], kw["warmup"])
     scale = kw["scale"]
     if isinstance(scale, str) or not isinstance(scale, Sequence) or len(scale) != 2:
         raise EdgevitError(f"finetune: scale must be (min, max), got {scale!r}")
-    lo, hi = (_check_float("scale", s, positive=True) for s in scale)
+    lo, hi = (check_float(WHO, "scale", s, positive=True) for s in scale)
     if lo > hi:
         raise EdgevitError(f"finetune: scale min {lo} is larger than max {hi}")
-    if kw["save_dtype"] not in SAVE_DTYPES:
-        raise EdgevitError(f"finetune: save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {kw['save_dtype']!r}")
-    limit = None if kw["limit"] is None else _check_int("limit", kw["limit"], 1)
+    limit = None if kw["limit"] is None else check_int(WHO, "limit", kw["limit"], 1)
     if not isinstance(kw["layout"], str):
         raise EdgevitError(f"finetune: layout must be a layout name (voc, ade20k, cityscapes, folder), got {kw['layout']!r}")
     return FinetuneConfig(
         model_id=str(kw["model_id"]), data=os.fspath(kw["data"]), layout=kw["layout"], out=os.fspath(kw["out"]),
         labelset=kw["labelset"], weights=None if kw["weights"] is None else os.fspath(kw["weights"]),
-        steps=steps, batch_size=_check_int("batch_size", kw["batch_size"], 1), crop=_check_int("crop", kw["crop"], 1),
-        lr=_check_float("lr", kw["lr"], positive=True),
-        weight_decay=_check_float("weight_decay", kw["weight_decay"], positive=False), warmup=warmup,
-        seed=_check_int("seed", kw["seed"], 0), holdout=_check_int("holdout", kw["holdout"], 0), scale=(lo, hi),
-        limit=limit, checkpoint_every=_check_int("checkpoint_every", kw["checkpoint_every"], 1),
-        log_every=_check_int("log_every", kw["log_every"], 1), save_dtype=kw["save_dtype"],
-        threads=_check_int("threads", kw["threads"], 1),
+        steps=steps, batch_size=check_int(WHO, "batch_size", kw["batch_size"], 1), crop=check_int(WHO, "crop", kw["crop"], 1),
+        lr=check_float(WHO, "lr", kw["lr"], positive=True),
+        weight_decay=check_float(WHO, "weight_decay", kw["weight_decay"], positive=False), warmup=warmup,
+        seed=check_int(WHO, "seed", kw["seed"], 0), holdout=check_int(WHO, "holdout", kw["holdout"], 0), scale=(lo, hi),
+        limit=limit, checkpoint_every=check_int(WHO, "checkpoint_every", kw["checkpoint_every"], 1),
+        log_every=check_int(WHO, "log_every", kw["log_every"], 1), save_dtype=check_save_dtype(WHO, kw["save_dtype"]),
+        threads=check_int(WHO, "threads", kw["threads"], 1),
     )
 
 
@@ -298,86 +277,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(up, target, ignore_index=IGNORE_INDEX)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; weight decay on conv weights only (parameters with ndim > 1), not on norm scales or biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
-
-
-def lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Learning-rate multiplier at ``step`` (0-based): linear warm-up ``(step + 1) / warmup`` for the first
-    ``warmup`` steps, then cosine decay from 1 to 0 over the remaining steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup))
-
-
-@contextmanager
-def _deterministic(threads: int) -> Iterator[None]:
-    """Request deterministic torch algorithms and ``threads`` intra-op threads for the duration; restores the
-    caller's settings and torch RNG afterwards."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    old_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-
-
-# --- files ----------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (plain tensors and containers) with ``torch.save``, atomically."""
-    buf = _bytes_io.BytesIO()
-    torch.save(state, buf)
-    with io.atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a ``last.pt`` written by :func:`save_checkpoint` (``weights_only=True``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise EdgevitError(f"{path}: not a readable fine-tuning checkpoint ({first}); delete it and start over") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise EdgevitError(f"{path}: not an edgevit fine-tuning checkpoint; delete it or choose another out folder")
-    return state
-
-
-def weights_for_saving(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The model's state dict with floating tensors cast to ``dtype`` (integer BN counters kept)."""
-    return {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().clone()
-            for k, v in model.state_dict().items()}
-
-
-def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
-    """Write ``tensors`` as safetensors, atomically; returns the bytes written.
-
-    ``metadata`` is stored as one JSON string (sorted keys) under the key ``"edgevit"``: safetensors
-    writes several metadata keys in a random order, which would make identical weights differ in bytes.
-    """
-    import json
-
-    from safetensors.torch import save
-
-    blob = save(tensors, metadata={"edgevit": json.dumps(metadata, sort_keys=True)})
-    with io.atomic_write(path, "wb") as f:
-        f.write(blob)
-    return blob
-
-
 # --- the run --------------------------------------------------------------------------------------
 def finetune(
     model_id: str,
@@ -435,23 +334,10 @@ def finetune(
     multiple = entry.contract.size_multiple
     if cfg.crop % multiple:
         raise EdgevitError(f"finetune: crop must be a multiple of {multiple} for {cfg.model_id}, got {cfg.crop}")
-    out_dir = Path(cfg.out)
-    last = out_dir / "last.pt"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EdgevitError(f"{out_dir}: out is a file; pass a folder for the run")
-    if resume and not last.is_file():
-        raise EdgevitError(f"{last}: no checkpoint to resume from; drop resume to start a new run")
-    if not resume and (last.exists() or (out_dir / "model.safetensors").exists()):
-        raise EdgevitError(f"{out_dir}: already holds a fine-tuning run; pass resume to continue it or choose "
-                           "another out folder")
-    state = load_checkpoint(last) if resume else None
-    if state is not None and state["config"] != cfg.to_dict():
-        old = state["config"]
-        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if old.get(k) != v]
-        raise EdgevitError(f"{last}: was written with other arguments ({'; '.join(diff)}); use the same "
-                           "arguments to resume, or another out folder for a new run")
+    last, state = open_run(cfg.out, resume, cfg.to_dict(), CHECKPOINT_FORMAT, "fine-tuning")
+    out_dir = last.parent
 
-    with _deterministic(cfg.threads):
+    with deterministic(cfg.threads):
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model_id, weights=cfg.weights, labelset=cfg.labelset)
         contract: SegContract = model.contract
@@ -459,50 +345,21 @@ def finetune(
         train_idx, held_idx = split_holdout(len(dataset), cfg.holdout)
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
-        step, curve, window, elapsed, cpu, resumed_at = 0, [], [], 0.0, 0.0, []
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            step, curve, window = int(state["step"]), list(state["loss_curve"]), list(state["window"])
-            elapsed, cpu, resumed_at = float(state["elapsed_s"]), float(state["cpu_s"]), [*state["resumed_at"], step]
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-        def checkpoint() -> None:
-            save_checkpoint(last, {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "step": step,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "loss_curve": curve,
-                "window": window, "elapsed_s": elapsed + time.perf_counter() - started,
-                "cpu_s": cpu + time.process_time() - cpu_started, "resumed_at": resumed_at,
-            })
-
         samples = _SampleCache(dataset, keep=len(train_idx) <= _CACHE_LIMIT)
-        model.train()
-        train_start = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=step, desc="finetune", unit="step", disable=not progress)
-        while step < cfg.steps:
-            lr_now = optimizer.param_groups[0]["lr"]
+
+        def loss_at(step: int) -> torch.Tensor:
             x, y = make_batch(samples, batch_indices(train_idx, step, cfg.batch_size, cfg.seed),
                               augment_rng(cfg.seed, step), cfg.crop, cfg.scale, contract)
-            loss = segmentation_loss(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window.append(float(loss.item()))
-            if not math.isfinite(window[-1]):
-                raise EdgevitError(f"finetune: loss became {window[-1]} at step {step}; lower lr (now {cfg.lr})")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                curve.append({"step": step, "loss": float(np.mean(window)), "lr": lr_now})
-                window = []
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint()
-            bar.update(1)
-            bar.set_postfix(loss=f"{window[-1] if window else curve[-1]['loss']:.3f}", lr=f"{lr_now:.2e}")
-        bar.close()
+            return segmentation_loss(model(x), y)
+
+        train_start = time.perf_counter()
+        run = run_steps(
+            model, optimizer, scheduler, loss_at, steps=cfg.steps, log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every, last=last, state=state, who=WHO, lr=cfg.lr, progress=progress,
+            header={"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict()},
+            save=save_checkpoint, started=started, cpu_started=cpu_started,
+        )
+        curve, resumed_at = run.curve, run.resumed_at
         train_seconds = time.perf_counter() - train_start
 
         # Weights file, then metrics of that very file as a user would load it.
@@ -520,7 +377,7 @@ def finetune(
         if dtype != torch.float32:
             metrics_fp32 = {k: _evaluate(model, dataset, idx, k, progress) for k, idx in parts.items()}
 
-    wall, cpu = elapsed + time.perf_counter() - started, cpu + time.process_time() - cpu_started
+    wall, cpu = run.prior_wall_s + time.perf_counter() - started, run.prior_cpu_s + time.process_time() - cpu_started
     report = {
         "format": "edgevit.finetune report", "version": 1,
         "model": cfg.model_id, "labelset": contract.labelset_name,

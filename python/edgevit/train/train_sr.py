@@ -5,7 +5,7 @@ MATLAB-style antialiased bicubic downscaling (:func:`edgevit.processing.resize_m
 make theirs), L1 loss on the output in [0, 1] (unclamped in train mode), AdamW (no weight decay on biases),
 linear warm-up then cosine decay to 0.
 
-Reproducibility as :mod:`edgevit.train.finetune`: the images and crops of a step are pure functions of
+Reproducibility as :mod:`edgevit.train.finetune` (both run on :mod:`edgevit.train.loop`): the images and crops of a step are pure functions of
 ``(seed, step)``, initial weights come from ``torch.manual_seed(seed)``, deterministic torch algorithms and
 ``threads`` intra-op threads are set during the run, so ``resume=True`` from ``out/last.pt`` continues
 exactly. Outputs in ``out``: ``last.pt``, ``model.safetensors`` (float32 or float16) and ``train.json``.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import platform
 import shlex
@@ -23,22 +22,21 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .. import io
 from ..errors import EdgevitError
 from ..models.registry import create_model, get_model_entry
 from ..models.sr_common import SRContract
 from ..sr.data import load_training_images, prepare_pairs, random_pair
-from .finetune import (SAVE_DTYPES, _deterministic, make_optimizer, make_scheduler, save_checkpoint, save_weights,
-                       weights_for_saving)
+from .loop import (SAVE_DTYPES, check_float, check_int, check_save_dtype, check_schedule, deterministic, make_optimizer,
+                   make_scheduler, open_run, run_steps, save_checkpoint, save_weights, weights_for_saving)
 
+WHO = "train-sr"  # prefix of argument errors
 CHECKPOINT_FORMAT = "edgevit.train_sr"
 CHECKPOINT_VERSION = 1
 
@@ -74,39 +72,22 @@ class TrainSRConfig:
         return shlex.join(argv)
 
 
-def _int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise EdgevitError(f"train-sr: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def _float(name: str, value: object, positive: bool) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):
-        raise EdgevitError(f"train-sr: {name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
 def _validated(**kw: Any) -> TrainSRConfig:
     entry = get_model_entry(str(kw["model_id"]))
     if not isinstance(entry.contract, SRContract):
         raise EdgevitError(f"train-sr: {kw['model_id']} is a {entry.contract.task} model, not super-resolution")
-    scale = _int("scale", kw["scale"], 2)
+    scale = check_int(WHO, "scale", kw["scale"], 2)
     if scale != entry.contract.scale:
         raise EdgevitError(f"train-sr: {kw['model_id']} upscales x{entry.contract.scale}, not x{scale}; pick the "
                            f"x{scale} model id")
-    steps, warmup = _int("steps", kw["steps"], 1), _int("warmup", kw["warmup"], 0)
-    if warmup > steps:
-        raise EdgevitError(f"train-sr: warmup ({warmup}) must not exceed steps ({steps})")
-    if kw["save_dtype"] not in SAVE_DTYPES:
-        raise EdgevitError(f"train-sr: save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {kw['save_dtype']!r}")
+    steps, warmup = check_schedule(WHO, kw["steps"], kw["warmup"])
     data = kw["data"] if isinstance(kw["data"], str) else ",".join(map(os.fspath, kw["data"]))
     return TrainSRConfig(
         model_id=entry.id, scale=scale, data=data, out=os.fspath(kw["out"]), steps=steps,
-        batch_size=_int("batch_size", kw["batch_size"], 1), patch=_int("patch", kw["patch"], 4),
-        lr=_float("lr", kw["lr"], True), weight_decay=_float("weight_decay", kw["weight_decay"], False),
-        warmup=warmup, seed=_int("seed", kw["seed"], 0), checkpoint_every=_int("checkpoint_every", kw["checkpoint_every"], 1),
-        log_every=_int("log_every", kw["log_every"], 1), save_dtype=kw["save_dtype"], threads=_int("threads", kw["threads"], 1),
+        batch_size=check_int(WHO, "batch_size", kw["batch_size"], 1), patch=check_int(WHO, "patch", kw["patch"], 4),
+        lr=check_float(WHO, "lr", kw["lr"], True), weight_decay=check_float(WHO, "weight_decay", kw["weight_decay"], False),
+        warmup=warmup, seed=check_int(WHO, "seed", kw["seed"], 0), checkpoint_every=check_int(WHO, "checkpoint_every", kw["checkpoint_every"], 1),
+        log_every=check_int(WHO, "log_every", kw["log_every"], 1), save_dtype=check_save_dtype(WHO, kw["save_dtype"]), threads=check_int(WHO, "threads", kw["threads"], 1),
     )
 
 
@@ -117,17 +98,6 @@ def make_batch(pairs: Sequence[tuple[np.ndarray, np.ndarray]], step: int, cfg: T
     rng = np.random.default_rng([cfg.seed, 3, step])
     pairs = [random_pair(*pairs[int(rng.integers(len(pairs)))], rng, cfg.scale, cfg.patch) for _ in range(cfg.batch_size)]
     return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise EdgevitError(f"{path}: not a readable checkpoint ({first}); delete it and start over") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise EdgevitError(f"{path}: not an edgevit train-sr checkpoint; delete it or choose another out folder")
-    return state
 
 
 def train_sr(
@@ -148,67 +118,28 @@ def train_sr(
     cfg = _validated(model_id=model_id, scale=scale, data=data, out=out, steps=steps, batch_size=batch_size,
                      patch=patch, lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed,
                      checkpoint_every=checkpoint_every, log_every=log_every, save_dtype=save_dtype, threads=threads)
-    out_dir, last = Path(cfg.out), Path(cfg.out) / "last.pt"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EdgevitError(f"{out_dir}: out is a file; pass a folder for the run")
-    if resume and not last.is_file():
-        raise EdgevitError(f"{last}: no checkpoint to resume from; drop resume to start a new run")
-    if not resume and (last.exists() or (out_dir / "model.safetensors").exists()):
-        raise EdgevitError(f"{out_dir}: already holds a training run; pass resume to continue it or choose another out folder")
-    state = _load_checkpoint(last) if resume else None
-    if state is not None and state["config"] != cfg.to_dict():
-        diff = [f"{k}: {state['config'].get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if state["config"].get(k) != v]
-        raise EdgevitError(f"{last}: was written with other arguments ({'; '.join(diff)}); use the same arguments to resume")
+    last, state = open_run(cfg.out, resume, cfg.to_dict(), CHECKPOINT_FORMAT, "training")
+    out_dir = last.parent
     images = load_training_images(cfg.data)
     pairs = prepare_pairs(images, cfg.scale, cfg.patch * cfg.scale)
 
-    with _deterministic(cfg.threads):
+    with deterministic(cfg.threads):
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model_id)
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         scheduler = make_scheduler(optimizer, cfg.steps, cfg.warmup)
-        step, curve, window, elapsed, cpu, resumed_at = 0, [], [], 0.0, 0.0, []
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            step, curve, window = int(state["step"]), list(state["loss_curve"]), list(state["window"])
-            elapsed, cpu, resumed_at = float(state["elapsed_s"]), float(state["cpu_s"]), [*state["resumed_at"], step]
-        out_dir.mkdir(parents=True, exist_ok=True)
 
-        def checkpoint() -> None:
-            save_checkpoint(last, {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "step": step,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "loss_curve": curve, "window": window,
-                "elapsed_s": elapsed + time.perf_counter() - started, "cpu_s": cpu + time.process_time() - cpu_started,
-                "resumed_at": resumed_at,
-            })
-
-        model.train()
-        bar = tqdm(total=cfg.steps, initial=step, desc="train-sr", unit="step", disable=not progress)
-        while step < cfg.steps:
-            lr_now = optimizer.param_groups[0]["lr"]
+        def loss_at(step: int) -> torch.Tensor:
             lr_img, hr_img = make_batch(pairs, step, cfg)
-            loss = F.l1_loss(model(lr_img), hr_img)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window.append(float(loss.item()))
-            if not math.isfinite(window[-1]):
-                raise EdgevitError(f"train-sr: loss became {window[-1]} at step {step}; lower lr (now {cfg.lr})")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                curve.append({"step": step, "loss": float(np.mean(window)), "lr": lr_now})
-                window = []
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint()
-            bar.update(1)
-            bar.set_postfix(l1=f"{window[-1] if window else curve[-1]['loss']:.4f}", lr=f"{lr_now:.2e}")
-        bar.close()
+            return F.l1_loss(model(lr_img), hr_img)
 
+        run = run_steps(
+            model, optimizer, scheduler, loss_at, steps=cfg.steps, log_every=cfg.log_every,
+            checkpoint_every=cfg.checkpoint_every, last=last, state=state, who=WHO, lr=cfg.lr, progress=progress,
+            header={"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict()},
+            save=save_checkpoint, started=started, cpu_started=cpu_started, digits=4,
+        )
+        curve, resumed_at = run.curve, run.resumed_at
         model.eval()
         weights_path = out_dir / "model.safetensors"
         blob = save_weights(weights_path, weights_for_saving(model, SAVE_DTYPES[cfg.save_dtype]), {
@@ -222,7 +153,7 @@ def train_sr(
             saved = create_model(cfg.model_id, weights=weights_path)
             metrics = evaluate_sr(saved, eval_data, cfg.scale, progress=False).to_dict()
 
-    wall, cpu = elapsed + time.perf_counter() - started, cpu + time.process_time() - cpu_started
+    wall, cpu = run.prior_wall_s + time.perf_counter() - started, run.prior_cpu_s + time.process_time() - cpu_started
     report = {
         "format": "edgevit.train_sr report", "version": 1, "model": cfg.model_id, "args": cfg.to_dict(),
         "command": cfg.command(), "steps": cfg.steps, "resumed_at_steps": resumed_at,
