@@ -1,15 +1,17 @@
 """EfficientViT-SAM latency benchmark: image encoders and the prompt decoder, side by side in one run.
 
     .venv/bin/python benchmarks/sam_bench.py [--threads 2] [--runs 5] [--vit-runs 2] [--decoder-runs 20] [--out runs/sam_bench]
-        [--artifacts efficientvit-sam-l0:pte:int8,efficientvit-sam-l0:pte:fp32,...] [--exports runs/sam_exports]
+        [--artifacts efficientvit-sam-l0:pte:int8,efficientvit-sam-l0:tflite:fp32,...] [--exports runs/sam_exports]
         [--calib ../shared/data/sam] [--eval-data ../shared/data/sam/grabcut50] [--eval-limit 8]
 
 Rows (random weights, same process, same threads; p50 of ``--runs`` timed calls after one warm-up):
 - efficientvit-sam-l0 / -xl0 image encoder, eager fp32 PyTorch, at 512 / 1024
 - SAM ViT-B image encoder (our own implementation, benchmarks/sam_vit_b.py), eager fp32, at 1024
 - the prompt decoder (16 prompt slots, mask input on) of L0, eager fp32
-- exported artifacts (``--artifacts id:format:precision,...``, encoder at that precision, decoder fp32): the
-  folder ``--exports/<id>-<format>-<precision>`` is reused when it exists, else written by ``export_sam``
+- exported artifacts (``--artifacts id:format:precision[:decoder_precision],...``; format pte | tflite | onnx,
+  encoder at ``precision``, decoder at ``decoder_precision``, default fp32): the folder
+  ``--exports/<id>-<format>-<precision>`` (``-dec<decoder_precision>`` appended when it is not fp32) is reused
+  when it exists, else written by ``export_sam``
   (int8 calibrated on the photos of ``--calib``, gated on ``--eval-data``; a failing gate is reported and that
   artifact skipped, unless ``--no-gate``, which writes it with the measured agreement). Encoder and decoder rows, timed through their runners on
   a real grabcut photo and its box prompt, with artifact size and the mask agreement measured at export
@@ -106,13 +108,17 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
     image = io.read_image(inst.image)
     table = []
     for spec in filter(None, args.artifacts.split(",")):
-        model_id, fmt, prec = spec.split(":")
-        folder = Path(args.exports) / f"{model_id}-{fmt}-{prec}"
+        parts = spec.split(":")
+        if len(parts) not in (3, 4):
+            raise SystemExit(f"--artifacts {spec!r}: expected id:format:precision[:decoder_precision]")
+        model_id, fmt, prec, dec_prec = (*parts, "fp32")[:4]
+        folder = Path(args.exports) / (f"{model_id}-{fmt}-{prec}" + ("" if dec_prec == "fp32" else f"-dec{dec_prec}"))
         if not (folder / "manifest.json").is_file():
             print(f"exporting {model_id} {fmt}/{prec} into {folder} ...", file=sys.stderr, flush=True)
             try:
                 export_sam(model_id, fmt, prec, folder, calib=args.calib, eval_data=args.eval_data,
-                           eval_limit=args.eval_limit, threads=args.threads, gate=None if args.no_gate else "default")
+                           eval_limit=args.eval_limit, threads=args.threads, gate=None if args.no_gate else "default",
+                           decoder_precision=dec_prec)
             except GateError as exc:
                 print(f"skipped {spec}: {exc}", file=sys.stderr)
                 continue
@@ -161,7 +167,8 @@ def main() -> None:
     ap.add_argument("--vit-runs", type=int, default=2)
     ap.add_argument("--decoder-runs", type=int, default=20)
     ap.add_argument("--out", default=str(ROOT / "runs" / "sam_bench"))
-    ap.add_argument("--artifacts", default="", help="id:format:precision,... e.g. efficientvit-sam-l0:pte:int8")
+    ap.add_argument("--artifacts", default="", help="id:format:precision[:decoder_precision],... "
+                                                    "e.g. efficientvit-sam-l0:pte:int8,efficientvit-sam-l0:tflite:fp32")
     ap.add_argument("--exports", default=str(ROOT / "runs" / "sam_exports"), help="exported folders (reused)")
     ap.add_argument("--calib", default=str(ROOT.parent / "shared" / "data" / "sam"), help="int8 calibration photos")
     ap.add_argument("--eval-data", default=str(ROOT.parent / "shared" / "data" / "sam" / "grabcut50"))

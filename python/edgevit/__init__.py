@@ -17,10 +17,11 @@ from .predict import predict_images
 from .runtime import load_artifact
 from .sr.evaluate import eval_sr, evaluate_sr
 from .sam.evaluate import evaluate_sam
+from .sam.export import export_sam, load_sam_artifacts
 
 __version__ = "0.1.0"
 __all__ = [
     "EdgevitError", "MissingDependencyError", "UnknownKeyError", "count_macs", "count_params", "create_model",
-    "demo", "evaluate", "evaluate_sam", "evaluate_segmentation", "list_models", "load_artifact", "model_info", "open_segmentation_dataset",
+    "demo", "evaluate", "evaluate_sam", "export_sam", "load_sam_artifacts", "evaluate_segmentation", "list_models", "load_artifact", "model_info", "open_segmentation_dataset",
     "predict", "predict_images", "eval_sr", "evaluate_sr",
 ]

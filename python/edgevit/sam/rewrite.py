@@ -118,7 +118,8 @@ class ExportPromptDecoder(nn.Module):
         sparse = point_pe * (1 - pad) + F.linear(onehot, self.label_table_t)  # 1×P×C
         pad = pad.reshape(1, p)
         first_pad = pad * _indicator(F.linear(pad, self.triangle_t), 1.0)  # cumulative count == 1
-        no_box = 1 - torch.clamp(F.linear(onehot[:, :, 3:4].reshape(1, p), self.ones_row), 0, 1)
+        corners = F.linear(onehot[:, :, 3:4].reshape(1, p), self.ones_row)  # count of label-3 slots, >= 0
+        no_box = F.relu(1 - corners)  # = 1 - min(count, 1); clamp is RELU_0_TO_1, outside LiteRT's XNNPACK
         bias = (1 - ((1 - pad) + first_pad * no_box)) * MASKED
         flag = has_mask_input.reshape(1, 1, 1, 1)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
