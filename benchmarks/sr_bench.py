@@ -13,14 +13,17 @@ one-line reason. They are reused while the weights and the model source are unch
 
 Latency: 480×640 input ×2 at ``--threads``, every row interleaved run by run in one process (median): eager fp32
 on the whole image (the reference), eager fp32 tiled like the artifacts, the FSRCNN baseline, and each ×2
-artifact through its runner. Memory: peak resident memory (VmHWM) of tiled ×2 upscaling in a fresh process per
-row and input size (480×640 and 1080×1920): it should not grow with the image beyond the image arrays.
+artifact through its runner. The ×2 artifacts take ``--x2-tile`` tiles (default 640: one tile per 480×640
+frame, 1.33× its pixels; the model's own 256 tile needs 12 tiles, 2.6× the pixels).
+Memory: peak resident memory (VmHWM) of tiled ×2 upscaling in a fresh process per row and input size (480×640
+and 1080×1920): it should not grow with the image beyond the image arrays.
 Extra rows: ``--artifact DIR`` (repeatable) adds exported SR artifact folders.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -65,20 +68,22 @@ def _model_stamp(model_id: str) -> str:
 
 # --- export ------------------------------------------------------------------------------------
 def export_artifacts(work: Path, scales: list[int], formats: list[str], precisions: list[str], data: Path,
-                     calib: Path, fresh: bool, skip: bool) -> list[dict]:
-    """Export (or reuse) every (scale, format, precision) artifact; returns one record per artifact."""
+                     calib: Path, fresh: bool, skip: bool, tiles: dict[int, int]) -> list[dict]:
+    """Export (or reuse) every (scale, format, precision) artifact at ``tiles[scale]`` (0: the model's tile);
+    returns one record per artifact."""
     from edgevit.export import GateError, export
 
     records = []
     for s in scales:
         model_id = OURS.format(s=s)
         w = _weights(model_id)
+        tile = tiles.get(s) or edgevit.create_model(model_id).contract.tile
         for fmt in formats:
             for prec in precisions:
-                folder = work / "artifacts" / f"{model_id}-{fmt}-{prec}"
+                folder = work / "artifacts" / f"{model_id}-{fmt}-{prec}-t{tile}"
                 stamp = folder / "bench_stamp.json"
                 rec = {"model": model_id, "scale": s, "format": fmt, "precision": prec, "folder": str(folder),
-                       "stamp": _model_stamp(model_id)}
+                       "tile": tile, "stamp": _model_stamp(model_id)}
                 if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("stamp") == rec["stamp"]:
                     records.append(json.loads(stamp.read_text()))
                     continue
@@ -86,7 +91,8 @@ def export_artifacts(work: Path, scales: list[int], formats: list[str], precisio
                     continue
                 print(f"  export {model_id} {fmt}/{prec} ...", file=sys.stderr, flush=True)
                 start = time.perf_counter()
-                kw = dict(weights=w, calib=calib if prec == "int8" else None, eval_data=data / "Set5", progress=False)
+                kw = dict(weights=w, calib=calib if prec == "int8" else None, eval_data=data / "Set5",
+                          input_size=f"{tile}x{tile}", progress=False)
                 try:
                     try:
                         m = export(model_id, fmt, prec, folder, **kw)
@@ -192,9 +198,10 @@ def latency(artifacts: list[dict], runs: int, threads: int) -> list[dict]:
                 model(torch.from_numpy(x))
         return run
 
+    tile = next((r["tile"] for r in artifacts if r["scale"] == 2), ours.contract.tile)
+    tiled = dataclasses.replace(ours.contract, tile=tile)
     rows = [(f"{OURS.format(s=2)} fp32 eager, whole image", eager(ours), None),
-            (f"{OURS.format(s=2)} fp32 eager, tiled {ours.contract.tile}px",
-             lambda: upscale_tiled(ours, x, ours.contract), None),
+            (f"{OURS.format(s=2)} fp32 eager, tiled {tile}px", lambda: upscale_tiled(ours, x, tiled), None),
             (f"{BASELINE.format(s=2)} fp32 eager, whole image", eager(base), None)]
     for rec in artifacts:
         if rec["scale"] != 2 or "error" in rec:
@@ -274,6 +281,8 @@ def main() -> int:
     p.add_argument("--formats", default="onnx,pte,tflite")
     p.add_argument("--precisions", default="fp32,int8")
     p.add_argument("--scales", default="2,4", help="scales of the quality table (latency and memory: x2)")
+    p.add_argument("--x2-tile", type=int, default=640, help="input tile of the x2 artifacts (one 640 tile covers "
+                                                             "a 480x640 frame); 0: the model's own tile")
     p.add_argument("--artifact", action="append", default=[], help="extra exported SR artifact folder (repeatable)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -288,15 +297,15 @@ def main() -> int:
     work = Path(a.work)
     report: dict = {"load_average_start": _load_average(), "threads": a.threads}
     report["artifacts"] = export_artifacts(work, scales, formats, precisions, Path(a.data), Path(a.calib), a.fresh,
-                                           "export" in skip)
+                                           "export" in skip, {2: a.x2_tile})
     print(f"load average at start: {report['load_average_start']} (shared machine: timings are noisy)\n")
     print("## Artifacts (export gate: PSNR-Y on Set5 within 0.1 dB of float)\n")
-    print("| artifact | gate | fidelity at export | float region |\n|---|---|---|---|")
+    print("| artifact | tile | gate | fidelity at export | float region |\n|---|---|---|---|---|")
     for r in report["artifacts"]:
         region = ", ".join(f"{g['name']} ({', '.join(g['modules'])}{' + output tail' if g['output_tail'] else ''})"
                            for g in r.get("float_regions") or []) or "-"
         gate = "passed" if r.get("gate") == "passed" else ("FAILED" if "GATE" in str(r.get("gate")) else r.get("gate"))
-        print(f"| {_artifact_name(r)} | {gate} | {r.get('fidelity') or r.get('error')} | {region} |")
+        print(f"| {_artifact_name(r)} | {r['tile']} | {gate} | {r.get('fidelity') or r.get('error')} | {region} |")
     print()
     if "quality" not in skip:
         report["quality"] = quality(Path(a.data), scales, report["artifacts"], a.artifact)

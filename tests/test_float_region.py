@@ -57,7 +57,7 @@ def tiny(crops):
     return model, tuple(region)
 
 
-@pytest.mark.parametrize("model_id", [m for m in edgevit.list_models() if "sr" in m or "fsrcnn" in m])
+@pytest.mark.parametrize("model_id", [m for m in edgevit.list_models() if m.startswith(("efficientvit-sr", "fsrcnn"))])
 def test_global_skip_is_found_in_every_sr_model(model_id):
     model = edgevit.create_model(model_id).eval()
     t = 48 if model.contract.size_multiple <= 16 else model.contract.size_multiple

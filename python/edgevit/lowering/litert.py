@@ -355,6 +355,7 @@ def quantize_int8(model: nn.Module, calibration: Sequence[tuple[np.ndarray, ...]
     example = tuple(torch.from_numpy(x) for x in calibration[0])
     quantizer = _make_quantizer(keep_float, float_regions)
     graph, pads = _exported(model, example)
+    region_nodes = sorted(fx_float_nodes(graph.graph, float_regions)) if float_regions else []
     try:
         prepared = pt2e.prepare_pt2e(graph, quantizer)
     except Exception as exc:
@@ -387,7 +388,7 @@ def quantize_int8(model: nn.Module, calibration: Sequence[tuple[np.ndarray, ...]
         "calibration_images": len(calibration),  # samples (tuples) for several inputs
         "keep_float": list(keep_float),
         "keep_float_nodes": dict(kept_nodes),
-        "float_region_nodes": sorted(fx_float_nodes(graph.graph, float_regions)) if float_regions else [],
+        "float_region_nodes": region_nodes,  # fx nodes left un-annotated: float32 between DEQUANTIZE/QUANTIZE
         "graph_edits": {"zero_fill_pads": pads, **edits},
     }
     return content, details

@@ -161,8 +161,9 @@ FLOAT_REGION_WHY = ("the bicubic skip and the output sum carry the whole image: 
 
 
 def global_skip_modules(model: Any, example: Any) -> list[str]:
-    """Names of the fixed interpolation modules (no trainable parameters, e.g. a bicubic skip) that read the
-    model's input image itself, found by running ``model`` once on ``example`` (float32 1×3×t×t tensor)."""
+    """Names of the fixed interpolation modules (constant buffers, no parameters: e.g. a bicubic skip as a
+    constant conv) that read the model's input image itself (its top-left h×w equals ``example``, so an
+    edge-padded copy counts), found by running ``model`` once on ``example`` (float32 1×3×t×t tensor)."""
     import torch
 
     found: list[str] = []
