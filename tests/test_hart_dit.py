@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from edgevit.errors import EdgevitError, UnknownKeyError
-from edgevit.hart.configs import describe, get_config
-from edgevit.hart.dit import DIT_CONFIGS, DiT, get_dit_config, load_dit, save_dit, sincos_2d
+from edgevit.hart.configs import get_config
+from edgevit.hart.dit import DIT_CONFIGS, DiT, ddim_timesteps, get_dit_config, load_dit, save_dit, sincos_2d
+from edgevit.hart.model import HartModel
 
 
 def test_baseline_matches_the_student_size():
-    d = describe("hart-student-phone")
-    student = d["params_transformer"] + d["params_diffusion"]
+    m = HartModel(get_config("hart-student-phone"))
+    student = sum(p.numel() for part in (m.transformer, m.diffusion) for p in part.parameters())
     dit = DiT(get_dit_config("dit-baseline-phone"))
     assert abs(sum(p.numel() for p in dit.generator_parameters()) / student - 1) < 0.05
     assert dit.cfg.sample_steps == 30 and dit.cfg.hart_config().tokenizer == get_config("hart-teacher-small").tokenizer
@@ -29,6 +30,10 @@ def test_unknown_config_and_positions():
         get_dit_config("dit-baseline-phon")
     pos = sincos_2d(4, 8)
     assert pos.shape == (16, 8) and len({tuple(r.tolist()) for r in pos}) == 16  # every position distinct
+    steps = ddim_timesteps(1000, 30)
+    assert len(set(steps)) == 30 and steps[0] == 0 and steps[-1] == 966  # t = 999 (ᾱ ≈ 0) is never used
+    with pytest.raises(EdgevitError, match="cannot use 31 of 30"):
+        ddim_timesteps(30, 31)
 
 
 def test_seeded_sampling_and_guidance():
@@ -50,7 +55,6 @@ def test_seeded_sampling_and_guidance():
 
 def test_training_resumes_exactly_and_round_trips(tmp_path):
     pytest.importorskip("skimage", reason="scikit-image (bundled photos) is not installed")
-    from edgevit.hart.model import HartModel
     from edgevit.hart.train import train_dit
 
     torch.manual_seed(0)
