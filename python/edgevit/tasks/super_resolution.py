@@ -7,14 +7,15 @@ tiled the same way, against the HR images; the gate fails an artifact more than 
 
 int8 keeps a declared float region (:meth:`SuperResolutionTask.float_regions`): the global interpolation
 skip (the modules that upsample the input image itself) and the output tail (residual + skip sum, clamp).
-Measured on the trained efficientvit-sr-s-x2, Set5 ×2, ONNX QDQ (weights per channel, activations
-symmetric per tensor), PSNR-Y drop vs float: all int8 0.153 dB; skip float (weights, compute) 0.129 dB;
-skip and tail float 0.020 dB. Marginal cost of int8 on each tail tensor, the rest float: the skip's input
-(the image) 0.041 dB, the skip's output 0.036 dB, the sum / clamped output 0.024 dB, the residual conv's
-output and its pixel shuffle 0.001 dB each. Why: these tensors carry the whole image (range ~[0, 1] or
-wider), so one int8 step is 1/127 to 1/110 of it — 2 to 2.3 grey levels of the 8-bit output, the same order
-as the residual the network adds — while the residual branch's own tensors are small and quantize finely.
-Per-quantizer numbers: benchmarks/sr_quant_probe.py.
+Measured (benchmarks/sr_quant_probe.py) on the trained efficientvit-sr-s-x2 (ReLU weights of 14:09), Set5 ×2,
+256 tiles, ONNX QDQ (weights per channel, activations symmetric per tensor), PSNR-Y drop vs float: all int8
+0.154 dB; skip float (weights, compute) 0.138 dB; skip and tail float 0.018 dB. Marginal cost of int8 on one
+tensor of the region, the rest float: the image as the skip reads it 0.082 dB (that probe also quantizes the
+stem's input), the skip's output 0.059 dB, the residual conv's output and its pixel shuffle 0.026 dB each, the
+sum 0.025 dB. (hswish weights before: 0.153 / 0.129 / 0.020 dB.) Why: these tensors carry the whole image
+(range ~[0, 1] or wider), so one symmetric int8 step is 1/127 to 1/110 of it, 2 to 2.3 grey levels of the
+8-bit output, the order of the residual the network adds; the bicubic kernel's small taps also round to 0
+in per-channel int8. The residual branch's inner tensors are small and quantize finely.
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ class SuperResolutionTask:
 
 
 FLOAT_REGION_WHY = ("the bicubic skip and the output sum carry the whole image: int8 steps there are ~2 grey "
-                    "levels. efficientvit-sr-s-x2 Set5 ONNX QDQ PSNR-Y drop: all int8 0.153 dB, skip + tail "
-                    "float 0.020 dB (int8 skip input +0.041, skip output +0.036, output sum +0.024 dB)")
+                    "levels. efficientvit-sr-s-x2 Set5 ONNX QDQ PSNR-Y drop: all int8 0.154 dB, skip + tail "
+                    "float 0.018 dB (int8 skip input +0.082, skip output +0.059, residual output +0.026, "
+                    "sum +0.025 dB)")
 
 
 def global_skip_modules(model: Any, example: Any) -> list[str]:
