@@ -134,7 +134,7 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
         table.append(Row(f"{model_id} encoder", f"{fmt} {prec}", f"1x3x{s}x{s}", 0,
                          lambda e=art.encoder, x=x: e.run({"image": x}), args.runs,
                          size_mb=c["encoder"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))
-        table.append(Row(f"prompt decoder ({model_id})", f"{fmt} {c['decoder']['precision']}",
+        table.append(Row(f"prompt decoder ({folder.name})", f"{fmt} {c['decoder']['precision']}",
                          f"{art.contract.max_points} prompt slots + mask", 0,
                          lambda d=art.decoder, f=feed: d.run(f), args.decoder_runs,
                          size_mb=c["decoder"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))
