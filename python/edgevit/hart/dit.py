@@ -62,6 +62,9 @@ DIT_CONFIGS.add("dit-tiny", DiTConfig("dit-tiny", "hart-tiny", dim=32, depth=2, 
 # diffusion MLP (2.38M); the tokenizer (shared by all three generators) is not counted.
 DIT_CONFIGS.add("dit-baseline-phone", DiTConfig("dit-baseline-phone", "hart-student-phone", dim=128, depth=8,
                                                 num_heads=4))
+# 5 blocks of width 96: 0.89M, the size of hart-student-watch's transformer + diffusion MLP (0.93M).
+DIT_CONFIGS.add("dit-baseline-watch", DiTConfig("dit-baseline-watch", "hart-student-watch", dim=96, depth=5,
+                                                num_heads=4))
 
 
 def get_dit_config(name: str) -> DiTConfig:
