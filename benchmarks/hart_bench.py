@@ -27,6 +27,14 @@ from edgevit.hart.export import generate_one  # noqa: E402
 from edgevit.hart.sampler import EagerPrograms, SamplerSettings  # noqa: E402
 
 
+def timed(seconds: dict[str, float], key: str, fn, *args):
+    """``fn(*args)``, adding its wall time to ``seconds[key]``."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - t0
+    return out
+
+
 class TimedEager(EagerPrograms):
     """Eager programs that time the same three stages the artifact runners time."""
 
@@ -39,10 +47,7 @@ class TimedEager(EagerPrograms):
         self._net = model.diffusion.net
 
     def _timed(self, key, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
-        return out
+        return timed(self.seconds, key, fn, *args)
 
     def residual(self, z, guidance, generator, temperature):
         net = lambda x, t, c: self._timed("diffusion", self._net, x, t, c)  # noqa: E731

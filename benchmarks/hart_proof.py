@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hart_bench import TimedEager, stages  # noqa: E402
+from hart_bench import TimedEager, stages, timed  # noqa: E402
 
 from edgevit.hart.checkpoint import load_folder  # noqa: E402
 from edgevit.hart.dit import DiT, load_dit  # noqa: E402
@@ -68,10 +68,7 @@ class DiTGen:
         self.model, self.cfg, self.seconds = model, cfg, {}
 
     def _timed(self, key, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
-        return out
+        return timed(self.seconds, key, fn, *args)
 
     def __call__(self, label: int, seed: int):
         self.seconds = {}

@@ -38,6 +38,7 @@ import torch
 import edgevit
 from edgevit.cards import bundled_weights
 from edgevit.errors import EdgevitError
+from edgevit.harness.worker import proc_status_kib
 from edgevit.models.sr_common import SRContract
 from edgevit.sr.evaluate import evaluate_sr
 from edgevit.sr.tiling import upscale_tiled
@@ -84,8 +85,9 @@ def export_artifacts(work: Path, scales: list[int], formats: list[str], precisio
                 stamp = folder / "bench_stamp.json"
                 rec = {"model": model_id, "scale": s, "format": fmt, "precision": prec, "folder": str(folder),
                        "tile": tile, "stamp": _model_stamp(model_id)}
-                if not fresh and stamp.is_file() and json.loads(stamp.read_text()).get("stamp") == rec["stamp"]:
-                    records.append(json.loads(stamp.read_text()))
+                cached = json.loads(stamp.read_text()) if stamp.is_file() and not fresh else {}
+                if cached.get("stamp") == rec["stamp"]:
+                    records.append(cached)
                     continue
                 if skip:
                     continue
@@ -223,13 +225,6 @@ def latency(artifacts: list[dict], runs: int, threads: int) -> list[dict]:
 
 
 # --- memory ------------------------------------------------------------------------------------
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return -1
-
-
 def _memory_child(source: str, h: int, w: int, threads: int) -> None:
     """Run in a fresh process: tiled ×2 upscaling of one h×w image by ``source`` (an artifact folder or an eager
     model id); prints VmHWM (peak), RSS after loading + one warm-up tile, and the image arrays' bytes, as JSON."""
@@ -242,10 +237,10 @@ def _memory_child(source: str, h: int, w: int, threads: int) -> None:
         contract = fn.contract
     t = contract.tile
     upscale_tiled(fn, np.zeros((1, 3, t, t), np.float32), contract)
-    before = _status_kib("VmRSS") * 1024
+    before = proc_status_kib("VmRSS") * 1024
     x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     y = upscale_tiled(fn, x, contract)
-    print(json.dumps({"peak": _status_kib("VmHWM") * 1024, "before": before, "arrays": x.nbytes + y.nbytes}))
+    print(json.dumps({"peak": proc_status_kib("VmHWM") * 1024, "before": before, "arrays": x.nbytes + y.nbytes}))
 
 
 def memory(artifacts: list[dict], threads: int) -> list[dict]:

@@ -72,15 +72,16 @@ def main() -> int:
     task, c = task_for(model.contract), model.contract
     calib = task.model_inputs(c, task.load_images(a.calib, None, 16, c))
     fid = task.load_images(a.data, None, None, c)
-    friendly, _ = export_friendly(model, torch.from_numpy(calib[0]))
     example = torch.from_numpy(calib[0])
+    friendly, _ = export_friendly(model, example)
     region = task.float_regions(friendly, example)
     ins, outs = task.io_specs(c)
     tmp = Path(tempfile.mkdtemp(prefix="sr-probe-"))
     proto = export_fp32(friendly, [IOSpec.from_dict(d) for d in ins], [d["name"] for d in outs])
     (tmp / "fp32.onnx").write_bytes(proto.SerializeToString())
-    skip_nodes = [n for m in region[0].modules for n in nodes_from_modules(proto, [m])[m]]
-    region_nodes = onnx_float_nodes(proto, region, nodes_from_modules(proto, region[0].modules))
+    module_nodes = nodes_from_modules(proto, region[0].modules)
+    skip_nodes = [n for m in region[0].modules for n in module_nodes[m]]
+    region_nodes = onnx_float_nodes(proto, region, module_nodes)
 
     def quant(exclude=(), floats=()):
         out = tmp / "q.onnx"

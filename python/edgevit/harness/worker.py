@@ -15,20 +15,26 @@ import time
 import numpy as np
 
 
+def proc_status_kib(key: str) -> int | None:
+    """A kB field of ``/proc/self/status`` (e.g. ``VmRSS``, ``VmHWM``), or None where there is none (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """This process image's peak resident memory, MiB.
 
     ``VmHWM`` belongs to the address space exec created, so it starts fresh in this worker; ``ru_maxrss``
     does not (Linux carries it across fork + exec, so it reported the bench process's own peak).
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = proc_status_kib("VmHWM")
+    return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(runner, x: np.ndarray, warmup: int, runs: int) -> list[float]:

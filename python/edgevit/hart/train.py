@@ -158,14 +158,29 @@ def train_tokenizer(config: str | HartConfig, out: str | Path, steps: int = 3000
     return out / "tokenizer.pt"
 
 
+def _frozen_tokenizer(tokenizer_module: torch.nn.Module, tokenizer: str | Path) -> None:
+    """Load the tokenizer weights of a tokenizer run (its folder or its ``tokenizer.pt``) into
+    ``tokenizer_module`` and freeze it."""
+    tok_path = Path(tokenizer) / "tokenizer.pt" if Path(tokenizer).is_dir() else Path(tokenizer)
+    if not tok_path.is_file():
+        raise EdgevitError(f"{tok_path}: tokenizer weights not found; run the tokenizer command first")
+    tokenizer_module.load_state_dict(torch.load(tok_path, map_location="cpu", weights_only=True))
+    tokenizer_module.requires_grad_(False).eval()
+
+
+def _check_classes(name: str, cfg: HartConfig) -> None:
+    """The photo crops have one class per photo: config ``name`` (whose HART config is ``cfg``) must match."""
+    if cfg.transformer.num_classes != len(PHOTOS):
+        raise EdgevitError(f"config {name}: num_classes {cfg.transformer.num_classes} != {len(PHOTOS)} photo classes")
+
+
 @torch.no_grad()
 def tokenizer_report(config: str | HartConfig, tokenizer: str | Path, per_class: int = 8, seed: int = 0) -> dict:
     """PSNR (dB, images in [-1, 1] mapped to [0, 1]) of held-out crops decoded from the continuous
     latent, from the discrete tokens only, and from discrete + residual; plus codebook usage."""
     cfg = get_config(config) if isinstance(config, str) else config
-    tok_path = Path(tokenizer) / "tokenizer.pt" if Path(tokenizer).is_dir() else Path(tokenizer)
     model = HartModel(cfg).eval()
-    model.tokenizer.load_state_dict(torch.load(tok_path, map_location="cpu", weights_only=True))
+    _frozen_tokenizer(model.tokenizer, tokenizer)
     x, _ = photo_crops(cfg.image_size, "heldout", per_class, seed)
     tok = model.tokenizer
     q = tok.tokenize(x)
@@ -188,15 +203,10 @@ def train_teacher(config: str | HartConfig, tokenizer: str | Path, out: str | Pa
 
     cfg = get_config(config) if isinstance(config, str) else config
     out = Path(out)
-    tok_path = Path(tokenizer) / "tokenizer.pt" if Path(tokenizer).is_dir() else Path(tokenizer)
-    if not tok_path.is_file():
-        raise EdgevitError(f"{tok_path}: tokenizer weights not found; run the tokenizer command first")
-    if cfg.transformer.num_classes != len(PHOTOS):
-        raise EdgevitError(f"config {cfg.name}: num_classes {cfg.transformer.num_classes} != {len(PHOTOS)} photo classes")
+    _check_classes(cfg.name, cfg)
     torch.manual_seed(seed)
     model = HartModel(cfg)
-    model.tokenizer.load_state_dict(torch.load(tok_path, map_location="cpu", weights_only=True))
-    model.tokenizer.requires_grad_(False)
+    _frozen_tokenizer(model.tokenizer, tokenizer)
     images, labels = photo_crops(cfg.image_size, "train", per_class, seed)
     params = [p for n, p in model.named_parameters() if not n.startswith("tokenizer.")]
 
@@ -218,16 +228,11 @@ def train_dit(config: str, tokenizer: str | Path, out: str | Path, steps: int = 
 
     cfg = get_dit_config(config)
     out = Path(out)
-    tok_path = Path(tokenizer) / "tokenizer.pt" if Path(tokenizer).is_dir() else Path(tokenizer)
-    if not tok_path.is_file():
-        raise EdgevitError(f"{tok_path}: tokenizer weights not found; run the tokenizer command first")
     hart = cfg.hart_config()
-    if hart.transformer.num_classes != len(PHOTOS):
-        raise EdgevitError(f"config {cfg.name}: {hart.transformer.num_classes} classes != {len(PHOTOS)} photo classes")
+    _check_classes(cfg.name, hart)
     torch.manual_seed(seed)
     model = DiT(cfg)
-    model.tokenizer.load_state_dict(torch.load(tok_path, map_location="cpu", weights_only=True))
-    model.tokenizer.requires_grad_(False).eval()
+    _frozen_tokenizer(model.tokenizer, tokenizer)
     images, labels = photo_crops(hart.image_size, "train", per_class, seed)
     with torch.no_grad():  # unit-variance latents (a fixed subset; resuming restores the same buffer)
         model.latent_scale.fill_(1.0 / float(model.tokenizer.encode(images[::8]).std()))

@@ -24,7 +24,7 @@ import gc
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ from .. import errors
 from ..errors import EdgevitError
 from ..runtime.base import CheckedRunner
 from .base import ExportRequest, ExportResult, check_calibration, check_dtypes, check_keep_float, flat_outputs
-from .float_region import FloatRegion, fx_filter, fx_float_nodes
+from .float_region import FloatRegion, covered, fx_filter, fx_float_nodes, fx_module_paths, fx_owner
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -68,10 +68,6 @@ def _calibration_tensors(request: ExportRequest) -> list[tuple[torch.Tensor, ...
     return [tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in xs) for xs in samples]
 
 
-def _covered(path: str, names: Sequence[str]) -> bool:
-    return any(path == n or path.startswith(n + ".") for n in names)
-
-
 def _widen_keep_float(model: nn.Module, names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, str]]:
     """``names`` plus the modules that must stay float with them for XNNPACK to lower the graph.
 
@@ -83,37 +79,13 @@ def _widen_keep_float(model: nn.Module, names: Sequence[str]) -> tuple[tuple[str
 
     added: dict[str, str] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, LiteMLA) or _covered(f"{name}.qkv", names):
+        if not isinstance(module, LiteMLA) or covered(f"{name}.qkv", names):
             continue
-        kept = [f"{name}.aggreg.{i}.0" for i in range(len(module.aggreg)) if _covered(f"{name}.aggreg.{i}.0", names)]
+        kept = [f"{name}.aggreg.{i}.0" for i in range(len(module.aggreg)) if covered(f"{name}.aggreg.{i}.0", names)]
         if kept:
             added[f"{name}.qkv"] = (f"kept float with {kept[0]}: an int8 qkv output feeding a float aggregation "
                                     "conv does not lower to XNNPACK (ExecuTorch 1.5)")
     return (*names, *added), added
-
-
-def _module_paths(node: torch.fx.Node) -> list[str]:
-    """Qualified module names a graph node was traced under (outermost first)."""
-    paths = []
-    for path, _ in node.meta.get("nn_module_stack", {}).values():
-        if path.startswith("L['self']."):
-            path = path[len("L['self'].") :]
-        paths.append(path)
-    return paths
-
-
-def _inside(node: torch.fx.Node, names: Sequence[str]) -> str | None:
-    """The first of ``names`` that ``node`` belongs to (the module itself or a descendant), else None."""
-    for path in _module_paths(node):
-        for name in names:
-            if _covered(path, (name,)):
-                return name
-    return None
-
-
-def _keep_float_filter(names: Sequence[str]) -> Callable[[torch.fx.Node], bool]:
-    """Quantizer filter: annotate a node only if it is outside every kept-float module."""
-    return lambda node: _inside(node, names) is None
 
 
 _WEIGHTED_OPS = ("aten.conv2d", "aten.linear", "aten.conv1d", "aten.convolution")
@@ -131,9 +103,9 @@ def _quantization_report(gm: torch.fx.GraphModule, keep_float: Sequence[str]) ->
         if is_q:
             quantized += 1
         else:
-            paths = _module_paths(node)
+            paths = fx_module_paths(node)
             float_ops.append(paths[-1] if paths else node.name)
-            owner = _inside(node, keep_float)
+            owner = fx_owner(node, keep_float)
             if owner is not None:
                 kept[owner] += 1
     float_compute = Counter(str(n.target).split(".")[1] for n in gm.graph.nodes
@@ -210,8 +182,7 @@ def _quantize(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: 
     if keep_float or float_regions:
         # XNNPACKQuantizer.set_module_name(name, None) is refused ("None is not supported yet"); a node
         # filter that skips every node traced under a kept module (or in a float region) has the intended effect.
-        keep, region = _keep_float_filter(keep_float), fx_filter(float_regions)
-        quantizer.set_filter_function(lambda node: keep(node) and region(node))
+        quantizer.set_filter_function(fx_filter(float_regions, keep_float))
     graph = _torch_export(model, example).module()
     region_nodes = sorted(fx_float_nodes(graph.graph, float_regions)) if float_regions else []
     prepared = pt2e.prepare_pt2e(graph, quantizer)

@@ -60,15 +60,25 @@ def fx_module_paths(node: Any) -> list[str]:
     return paths
 
 
-def _covered(path: str, names: Iterable[str]) -> bool:
+def covered(path: str, names: Iterable[str]) -> bool:
+    """Whether the module ``path`` is one of ``names`` or inside one of them."""
     return any(path == n or path.startswith(n + ".") for n in names)
+
+
+def fx_owner(node: Any, names: Sequence[str]) -> str | None:
+    """The first of ``names`` (qualified module names) that fx ``node`` was traced in, else ``None``."""
+    for path in fx_module_paths(node):
+        for name in names:
+            if covered(path, (name,)):
+                return name
+    return None
 
 
 def fx_float_nodes(graph: Any, regions: Sequence[FloatRegion]) -> set[str]:
     """Names of the ``call_function`` nodes of fx ``graph`` that ``regions`` keep float."""
     modules = region_modules(regions)
     found = {n.name for n in graph.nodes if n.op == "call_function" and modules
-             and any(_covered(p, modules) for p in fx_module_paths(n))}
+             and any(covered(p, modules) for p in fx_module_paths(n))}
     if wants_output_tail(regions):
         outputs = [n for n in graph.nodes if n.op == "output"]
         stack = [a for o in outputs for a in o.all_input_nodes]
@@ -88,7 +98,7 @@ def fx_filter(regions: Sequence[FloatRegion], keep_float: Sequence[str] = ()):
     cache: dict[int, set[str]] = {}
 
     def quantize(node: Any) -> bool:
-        if keep_float and any(_covered(p, keep_float) for p in fx_module_paths(node)):
+        if keep_float and fx_owner(node, keep_float) is not None:
             return False
         if not regions:
             return True

@@ -71,7 +71,7 @@ from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
 from .base import ExportRequest, ExportResult, IOSpec, check_calibration, check_dtypes, check_keep_float
-from .float_region import FloatRegion, fx_filter, fx_float_nodes
+from .float_region import FloatRegion, fx_filter, fx_float_nodes, fx_owner
 
 if TYPE_CHECKING:
     from torch import nn
@@ -262,25 +262,6 @@ def _exported(model: nn.Module, example: tuple[Any, ...]) -> tuple[Any, int]:
 
 
 # --- int8: PT2E quantization -------------------------------------------------------------------
-def _module_paths(node: Any) -> list[str]:
-    """Qualified names of the modules an fx node was traced in (``nn_module_stack``), outermost first."""
-    paths = []
-    for value in (node.meta.get("nn_module_stack") or {}).values():
-        path = value[0] if isinstance(value, tuple) else str(value)
-        if path.startswith("L['self']"):
-            path = path[len("L['self']"):].lstrip(".")
-        paths.append(path.replace("[", ".").replace("]", "").replace("'", ""))
-    return paths
-
-
-def _in_modules(node: Any, modules: Sequence[str]) -> str | None:
-    for path in _module_paths(node):
-        for m in modules:
-            if path == m or path.startswith(m + "."):
-                return m
-    return None
-
-
 def _make_quantizer(keep_float: Sequence[str], float_regions: Sequence[FloatRegion] = ()) -> Any:
     """A PT2EQuantizer (per-channel symmetric int8 weights, per-tensor affine int8 activations) that also
     annotates activation+activation additions and concatenations (one shared range for all inputs), and
@@ -298,13 +279,8 @@ def _make_quantizer(keep_float: Sequence[str], float_regions: Sequence[FloatRegi
     pq = require("litert_torch.quantize.pt2e_quantizer", _EXTRA, "int8 LiteRT export")
     utils = require("litert_torch.quantize.pt2e_quantizer_utils", _EXTRA, "int8 LiteRT export")
     qz = require("torchao.quantization.pt2e.quantizer", _EXTRA, "int8 LiteRT export")
-    kept = tuple(keep_float)
     aten = torch.ops.aten
-
-    in_region = fx_filter(float_regions)
-
-    def quantize_node(node: Any) -> bool:
-        return (not kept or _in_modules(node, kept) is None) and in_region(node)
+    quantize_node = fx_filter(float_regions, keep_float)
 
     def annotated(node: Any) -> bool:
         ann = node.meta.get("quantization_annotation")
@@ -364,7 +340,7 @@ def quantize_int8(model: nn.Module, calibration: Sequence[tuple[np.ndarray, ...]
     kept_nodes: Counter[str] = Counter()
     if keep_float:
         for node in prepared.graph.nodes:
-            if node.op == "call_function" and (m := _in_modules(node, keep_float)) is not None:
+            if node.op == "call_function" and (m := fx_owner(node, keep_float)) is not None:
                 kept_nodes[m] += 1
         missing = [m for m in keep_float if not kept_nodes[m]]
         if missing:

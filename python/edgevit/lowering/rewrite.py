@@ -90,7 +90,8 @@ class Substitution:
         return self.__dict__.copy()
 
 
-def _input_sizes(model: nn.Module, x: torch.Tensor, kind: type[nn.Module]) -> dict[str, tuple[int, int]]:
+def input_sizes(model: nn.Module, x: torch.Tensor, kind: type[nn.Module]) -> dict[str, tuple[int, int]]:
+    """The input H×W each module of type ``kind`` in ``model`` sees when ``model(x)`` runs (one pass)."""
     sizes: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, tuple(a[0].shape[-2:])))
              for n, m in model.named_modules() if isinstance(m, kind)]
@@ -103,7 +104,8 @@ def _input_sizes(model: nn.Module, x: torch.Tensor, kind: type[nn.Module]) -> di
     return sizes
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule ``name`` (qualified) of ``root`` by ``module``."""
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
@@ -116,14 +118,14 @@ def export_friendly(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     """
     new = copy.deepcopy(model).eval()
     subs: list[Substitution] = []
-    for name, (h, w) in _input_sizes(new, example, Upsample).items():
+    for name, (h, w) in input_sizes(new, example, Upsample).items():
         f = new.get_submodule(name).factor
-        _set_module(new, name, MatmulBicubicUpsample((h, w), (h * f, w * f)))
+        set_module(new, name, MatmulBicubicUpsample((h, w), (h * f, w * f)))
         subs.append(Substitution(name, f"F.interpolate bicubic x{f} ({h}x{w} -> {h * f}x{w * f})",
                                  "two constant F.linear products with the same bicubic weights"))
     for name, module in list(new.named_modules()):
         if type(module) is LiteMLA:
-            _set_module(new, name, BmmLiteMLA.from_module(module))
+            set_module(new, name, BmmLiteMLA.from_module(module))
             subs.append(Substitution(
                 name, "LiteMLA: concat branches, then attention with 4-D matmul (expand + bmm) and sum normaliser",
                 "attention per branch, then concat; 3-D bmm over batch x heads; normaliser from a ones row in V, "

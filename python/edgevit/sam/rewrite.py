@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lowering.rewrite import MatmulBicubicUpsample, Substitution, export_friendly
+from ..lowering.rewrite import MatmulBicubicUpsample, Substitution, export_friendly, input_sizes, set_module
 from ..models.efficientvit_sam import LayerNorm2dEViT, ResizeTo
 from ..models.sam_decoder import MASKED, Attention, LayerNorm2d, PromptDecoder
 
@@ -146,9 +146,7 @@ class ExportPromptDecoder(nn.Module):
 def _swap(root: nn.Module, kind: type[nn.Module], make) -> list[str]:
     names = [n for n, m in root.named_modules() if type(m) is kind]
     for name in names:
-        parent, _, leaf = name.rpartition(".")
-        holder = root.get_submodule(parent) if parent else root
-        setattr(holder, leaf, make(holder.get_submodule(leaf)))
+        set_module(root, name, make(root.get_submodule(name)))
     return names
 
 
@@ -161,21 +159,14 @@ def _max_diff(a, b) -> float:
 def friendly_encoder(encoder: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Substitution]]:
     """A copy of the image encoder for ``example``'s shape (float32 1×3×S×S real image) and its record."""
     new = copy.deepcopy(encoder).eval()
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, tuple(a[0].shape[-2:])))
-             for n, m in new.named_modules() if isinstance(m, ResizeTo)]
-    with torch.inference_mode():
-        new(example)
-    for h in hooks:
-        h.remove()
     subs: list[Substitution] = []
-    for name, (h, w) in sizes.items():
+    for name, (h, w) in input_sizes(new, example, ResizeTo).items():
         s = new.get_submodule(name).size
         if (h, w) == (s, s):
-            _swap_one(new, name, nn.Identity())
+            set_module(new, name, nn.Identity())
             subs.append(Substitution(name, f"ResizeTo({s}) on a {h}x{w} input (no-op)", "nn.Identity"))
         else:
-            _swap_one(new, name, MatmulBicubicUpsample((h, w), (s, s)))
+            set_module(new, name, MatmulBicubicUpsample((h, w), (s, s)))
             subs.append(Substitution(name, f"F.interpolate bicubic {h}x{w} -> {s}x{s}",
                                      "two constant F.linear products with the same bicubic weights"))
     for name in _swap(new, LayerNorm2dEViT, lambda m: ConvChannelNorm(m.weight, m.bias, m.eps)):
@@ -187,11 +178,6 @@ def friendly_encoder(encoder: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
     for s in subs:
         s.max_abs_diff = diff
     return new, subs
-
-
-def _swap_one(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 def friendly_decoder(decoder: PromptDecoder, example: tuple[torch.Tensor, ...]) -> tuple[nn.Module, list[Substitution]]:
