@@ -2,7 +2,8 @@
 ×2/×4, latency at 480×640 ×2 and peak memory of tiled inference. Prints markdown; writes JSON with --out.
 
     .venv/bin/python benchmarks/sr_bench.py [--formats onnx,pte,tflite] [--precisions fp32,int8] [--scales 2,4]
-        [--skip export,quality,latency,memory] [--work runs/sr_bench] [--threads 2] [--runs 5]
+        [--skip export,quality,latency,memory] [--work runs/sr_bench] [--threads 2] [--runs 5] [--x2-tile 480x640]
+        [--baseline-artifacts]
 
 Quality rows: the MATLAB bicubic floor, the FSRCNN-sized baseline and EfficientViT-SR fp32 eager (weights in
 models/weights/), then one row per artifact (efficientvit-sr-s-x{2,4} × format × precision), each run through its
@@ -13,8 +14,10 @@ one-line reason. They are reused while the weights and the model source are unch
 
 Latency: 480×640 input ×2 at ``--threads``, every row interleaved run by run in one process (median): eager fp32
 on the whole image (the reference), eager fp32 tiled like the artifacts, the FSRCNN baseline, and each ×2
-artifact through its runner. The ×2 artifacts take ``--x2-tile`` tiles (default 640: one tile per 480×640
-frame, 1.33× its pixels; the model's own 256 tile needs 12 tiles, 2.6× the pixels).
+artifact through its runner. The ×2 artifacts take ``--x2-tile`` tiles (default 480x640: one tile is the whole
+frame; 640 covers it with 1.33× its pixels; the model's own 256 tile needs 12 tiles, 2.6× the pixels).
+``--baseline-artifacts`` also exports the FSRCNN baseline ×2 in the same formats, precisions and tile, so ours and
+the baseline are compared in each runtime, not only in eager PyTorch.
 Memory: peak resident memory (VmHWM) of tiled ×2 upscaling in a fresh process per row and input size (480×640
 and 1080×1920): it should not grow with the image beyond the image arrays.
 Extra rows: ``--artifact DIR`` (repeatable) adds exported SR artifact folders.
@@ -23,7 +26,6 @@ Extra rows: ``--artifact DIR`` (repeatable) adds exported SR artifact folders.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import statistics
@@ -39,6 +41,7 @@ import edgevit
 from edgevit.cards import bundled_weights
 from edgevit.errors import EdgevitError
 from edgevit.harness.worker import proc_status_kib
+from edgevit.manifest import read_manifest
 from edgevit.models.sr_common import SRContract
 from edgevit.sr.evaluate import evaluate_sr
 from edgevit.sr.tiling import upscale_tiled
@@ -69,16 +72,18 @@ def _model_stamp(model_id: str) -> str:
 
 # --- export ------------------------------------------------------------------------------------
 def export_artifacts(work: Path, scales: list[int], formats: list[str], precisions: list[str], data: Path,
-                     calib: Path, fresh: bool, skip: bool, tiles: dict[int, int]) -> list[dict]:
-    """Export (or reuse) every (scale, format, precision) artifact at ``tiles[scale]`` (0: the model's tile);
-    returns one record per artifact."""
+                     calib: Path, fresh: bool, skip: bool, tiles: dict[int, tuple[int, int]],
+                     baseline: bool = False) -> list[dict]:
+    """Export (or reuse) every (scale, format, precision) artifact at ``tiles[scale]`` ((h, w); absent: the model's
+    tile), and with ``baseline`` the FSRCNN ×2 ones too; returns one record per artifact."""
     from edgevit.export import GateError, export
 
     records = []
-    for s in scales:
-        model_id = OURS.format(s=s)
+    jobs = [(OURS.format(s=s), s) for s in scales] + ([(BASELINE.format(s=2), 2)] if baseline else [])
+    for model_id, s in jobs:
         w = _weights(model_id)
-        tile = tiles.get(s) or edgevit.create_model(model_id).contract.tile
+        th, tw = tiles.get(s) or edgevit.create_model(model_id).contract.tile_hw
+        tile = f"{th}x{tw}"
         for fmt in formats:
             for prec in precisions:
                 folder = work / "artifacts" / f"{model_id}-{fmt}-{prec}-t{tile}"
@@ -94,7 +99,7 @@ def export_artifacts(work: Path, scales: list[int], formats: list[str], precisio
                 print(f"  export {model_id} {fmt}/{prec} ...", file=sys.stderr, flush=True)
                 start = time.perf_counter()
                 kw = dict(weights=w, calib=calib if prec == "int8" else None, eval_data=data / "Set5",
-                          input_size=f"{tile}x{tile}", progress=False)
+                          input_size=tile, progress=False)
                 try:
                     try:
                         m = export(model_id, fmt, prec, folder, **kw)
@@ -200,17 +205,18 @@ def latency(artifacts: list[dict], runs: int, threads: int) -> list[dict]:
                 model(torch.from_numpy(x))
         return run
 
-    tile = next((r["tile"] for r in artifacts if r["scale"] == 2), ours.contract.tile)
-    tiled = dataclasses.replace(ours.contract, tile=tile)
+    first = next((r for r in artifacts if r["model"] == OURS.format(s=2) and "error" not in r), None)
+    tiled = SRContract.from_dict(read_manifest(first["folder"], verify=False)[0].contract) if first else ours.contract
+    tile = "x".join(map(str, tiled.tile_hw))
     rows = [(f"{OURS.format(s=2)} fp32 eager, whole image", eager(ours), None),
-            (f"{OURS.format(s=2)} fp32 eager, tiled {tile}px", lambda: upscale_tiled(ours, x, tiled), None),
+            (f"{OURS.format(s=2)} fp32 eager, tiled {tile}", lambda: upscale_tiled(ours, x, tiled), None),
             (f"{BASELINE.format(s=2)} fp32 eager, whole image", eager(base), None)]
     for rec in artifacts:
         if rec["scale"] != 2 or "error" in rec:
             continue
         runner = edgevit.load_artifact(rec["folder"], threads=threads)
         contract = SRContract.from_dict(runner.manifest.contract)
-        rows.append((f"{_artifact_name(rec)}, tiled {contract.tile}px",
+        rows.append((f"{_artifact_name(rec)}, tiled {'x'.join(map(str, contract.tile_hw))}",
                      lambda r=runner, c=contract: upscale_tiled(r, x, c), rec))
     times: dict[str, list[float]] = {name: [] for name, _, _ in rows}
     for _, fn, _ in rows:
@@ -235,8 +241,7 @@ def _memory_child(source: str, h: int, w: int, threads: int) -> None:
     else:
         fn = edgevit.create_model(source, weights=_weights(source))
         contract = fn.contract
-    t = contract.tile
-    upscale_tiled(fn, np.zeros((1, 3, t, t), np.float32), contract)
+    upscale_tiled(fn, np.zeros((1, 3, *contract.tile_hw), np.float32), contract)
     before = proc_status_kib("VmRSS") * 1024
     x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     y = upscale_tiled(fn, x, contract)
@@ -268,6 +273,12 @@ def _load_average() -> str:
         return "n/a"
 
 
+def _tiles(spec: str) -> dict[int, tuple[int, int]]:
+    """``--x2-tile`` → {2: (h, w)}; "0" → {} (the model's own tile)."""
+    h, _, w = spec.partition("x")
+    return {} if spec == "0" else {2: (int(h), int(w or h))}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sr"))
@@ -276,8 +287,10 @@ def main() -> int:
     p.add_argument("--formats", default="onnx,pte,tflite")
     p.add_argument("--precisions", default="fp32,int8")
     p.add_argument("--scales", default="2,4", help="scales of the quality table (latency and memory: x2)")
-    p.add_argument("--x2-tile", type=int, default=640, help="input tile of the x2 artifacts (one 640 tile covers "
-                                                             "a 480x640 frame); 0: the model's own tile")
+    p.add_argument("--x2-tile", default="480x640", help="input tile HxW (or one int: square) of the x2 artifacts "
+                                                         "(480x640: one tile per frame); 0: the model's own tile")
+    p.add_argument("--baseline-artifacts", action="store_true", help="also export and time the FSRCNN x2 baseline "
+                                                                     "in the same formats and precisions")
     p.add_argument("--artifact", action="append", default=[], help="extra exported SR artifact folder (repeatable)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -292,7 +305,7 @@ def main() -> int:
     work = Path(a.work)
     report: dict = {"load_average_start": _load_average(), "threads": a.threads}
     report["artifacts"] = export_artifacts(work, scales, formats, precisions, Path(a.data), Path(a.calib), a.fresh,
-                                           "export" in skip, {2: a.x2_tile})
+                                           "export" in skip, _tiles(a.x2_tile), a.baseline_artifacts)
     print(f"load average at start: {report['load_average_start']} (shared machine: timings are noisy)\n")
     print("## Artifacts (export gate: PSNR-Y on Set5 within 0.1 dB of float)\n")
     print("| artifact | tile | gate | fidelity at export | float region |\n|---|---|---|---|---|")

@@ -16,8 +16,8 @@ from edgevit.tasks.super_resolution import SRGate
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (edgevit[onnx])")
 
 MODEL = "efficientvit-sr-s-x2"
-T = 144  # > 2 x margin (64), a multiple of 16: a small tile keeps the test fast
-TILE = f"{T}x{T}"
+T, TW = 144, 176  # > 2 x margin (64), multiples of 16, small to keep the test fast; rectangular like a frame
+TILE = f"{T}x{TW}"
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,16 @@ def fp32(set5, tmp_path_factory):
 
 def test_sr_artifact_manifest_and_fidelity(fp32):
     m, out = fp32
-    assert m.contract["task"] == "super-resolution" and m.contract["tiling"]["tile"] == T
-    assert [i["name"] for i in m.inputs] == ["image"] and m.inputs[0]["shape"] == [1, 3, T, T]
-    assert [o["name"] for o in m.outputs] == ["upscaled"] and m.outputs[0]["shape"] == [1, 3, 2 * T, 2 * T]
+    assert m.contract["task"] == "super-resolution" and m.contract["tiling"]["tile"] == [T, TW]
+    assert [i["name"] for i in m.inputs] == ["image"] and m.inputs[0]["shape"] == [1, 3, T, TW]
+    assert [o["name"] for o in m.outputs] == ["upscaled"] and m.outputs[0]["shape"] == [1, 3, 2 * T, 2 * TW]
     f = m.fidelity
     assert f["images"]["count"] == 5 and f["gate_result"] == "passed" and f["gate"] == {"max_psnr_drop": 0.1}
     assert abs(f["psnr_drop"]) < 0.01 and f["psnr_float"] > 25  # the bicubic skip alone gives ~33 dB on Set5
     runner = edgevit.load_artifact(out)
-    x = np.random.default_rng(0).random((1, 3, T, T), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, 3, T, TW), dtype=np.float32)
     y = runner(x)
-    assert y.shape == (1, 3, 2 * T, 2 * T) and np.isfinite(y).all()
+    assert y.shape == (1, 3, 2 * T, 2 * TW) and np.isfinite(y).all()
 
 
 def test_sr_artifact_runs_whole_images_through_tiles(fp32, set5):
@@ -66,8 +66,8 @@ def test_sr_gate_fails_clearly_and_writes_nothing(set5, tmp_path):
 
 
 def test_sr_tile_size_is_checked(set5, tmp_path):
-    with pytest.raises(EdgevitError, match="square tiles"):
-        export(MODEL, "onnx", "fp32", tmp_path / "x", eval_data=set5, input_size="128x256", progress=False)
+    with pytest.raises(EdgevitError, match="multiples of 16"):
+        export(MODEL, "onnx", "fp32", tmp_path / "x", eval_data=set5, input_size="144x150", progress=False)
     with pytest.raises(EdgevitError, match="margin"):
         export(MODEL, "onnx", "fp32", tmp_path / "x", eval_data=set5, input_size="64x64", progress=False)
 
@@ -82,7 +82,7 @@ def awkward(tmp_path_factory):
     root = tmp_path_factory.mktemp("awkward")
     rng = np.random.default_rng(0)
     base = processing.resize_bicubic(rng.integers(0, 256, (24, 20, 3)).astype(np.uint8), (331, 297))
-    Image.fromarray(base).save(root / "odd_large.png")  # LR 165x148: several 144px tiles, odd HR size
+    Image.fromarray(base).save(root / "odd_large.png")  # LR 165x148: several 144x176 tiles, odd HR size
     Image.fromarray(base[:61, :47]).save(root / "odd_small.png")  # LR 30x23: smaller than a tile
     Image.fromarray(base[:40, :40, 1]).save(root / "gray.png")
     Image.fromarray(base[:44, :36, 0].astype(np.uint16) * 257).save(root / "deep.png")  # 16-bit gray
@@ -123,7 +123,7 @@ def test_runner_refuses_16bit_colour_clearly(fp32, tmp_path):
 
 
 def test_sr_int8_keeps_the_declared_region_and_passes(set5, tmp_path):
-    """Pipeline int8 (random weights, 144px tiles): the manifest records the region; the skip conv is float."""
+    """Pipeline int8 (random weights, 144x176 tiles): the manifest records the region; the skip conv is float."""
     m = export(MODEL, "onnx", "int8", tmp_path / "q", calib=set5, eval_data=set5, input_size=TILE, gate=None,
                progress=False)
     q = m.quantization

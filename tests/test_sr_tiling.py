@@ -38,8 +38,10 @@ def _counting(model):
 
 @pytest.mark.parametrize("model_id,tile,hw", [
     ("efficientvit-sr-s-x2", 144, (150, 170)),  # 2x2 tiles, sizes not multiples of the window
+    ("efficientvit-sr-s-x2", (144, 176), (150, 200)),  # rectangular tiles (a camera frame's aspect)
     ("efficientvit-sr-s-x4", 144, (150, 97)),
     ("fsrcnn-x2", 32, (45, 70)),
+    ("fsrcnn-x2", (24, 40), (45, 70)),
     ("fsrcnn-x4", 24, (31, 26)),
 ])
 def test_tiled_equals_untiled(model_id, tile, hw):
@@ -49,7 +51,7 @@ def test_tiled_equals_untiled(model_id, tile, hw):
     x = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)
     fn, seen = _counting(model)
     tiled = upscale_tiled(fn, x, contract)
-    assert len(seen) > 1 and set(seen) == {(1, 3, tile, tile)}  # one fixed-size tile per call
+    assert len(seen) > 1 and set(seen) == {(1, 3, *contract.tile_hw)}  # one fixed-size tile per call
     with torch.inference_mode():
         full = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(tiled, full, atol=2e-5, rtol=0)

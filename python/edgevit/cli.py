@@ -40,7 +40,7 @@ def _cmd_info(a: argparse.Namespace) -> None:
     if c["task"] == "super-resolution":
         t = c["tiling"]
         print(f"  output   {outp['name']} {outp['dtype']} {outp['layout']} {outp['shape']}: {outp['description']}")
-        print(f"  tiling   {t['tile']}px input tiles, {t['margin']}px overlap, sizes padded to x{t['size_multiple']}")
+        print(f"  tiling   {'x'.join(map(str, t['tile']))} input tiles, {t['margin']}px overlap, sizes padded to x{t['size_multiple']}")
         print(f"  cost     {info['card']['macs_per_output_megapixel']} MACs per output megapixel")
     else:
         print(f"  norm     mean {c['normalization']['mean']} std {c['normalization']['std']}")

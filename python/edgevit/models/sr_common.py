@@ -23,13 +23,14 @@ class SRContract:
 
     Input ``image``: float32 N×3×h×w, RGB in [0, 1], any h, w ≥ 1 (the model pads internally to a multiple
     of ``size_multiple`` and crops). Output ``image``: float32 N×3×(scale·h)×(scale·w), RGB in [0, 1].
-    Large images are run in ``tile``×``tile`` input tiles overlapping by ``margin`` pixels on each inner
-    side (:func:`edgevit.sr.tiling.upscale_tiled`); ``margin`` bounds the receptive field, so tiled output
-    equals untiled output exactly. ``eval_size``: the input size model cards quote MACs at.
+    Large images are run in fixed input tiles (``tile``: an int for square tiles, or (height, width), e.g. a
+    camera frame's 480×640 so one tile covers it) overlapping by ``margin`` pixels on each inner side
+    (:func:`edgevit.sr.tiling.upscale_tiled`); ``margin`` bounds the receptive field, so tiled output equals
+    untiled output exactly. ``eval_size``: the input size model cards quote MACs at.
     """
 
     scale: int
-    tile: int
+    tile: int | tuple[int, int]
     margin: int
     size_multiple: int = 1
     eval_size: tuple[int, int] = (480, 640)
@@ -38,10 +39,16 @@ class SRContract:
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
-        if self.tile % self.size_multiple or self.margin % self.size_multiple:
-            raise ValueError(f"tile {self.tile} and margin {self.margin} must be multiples of {self.size_multiple}")
-        if self.tile <= 2 * self.margin:
-            raise ValueError(f"tile {self.tile} must exceed twice the margin {self.margin}")
+        for t in self.tile_hw:
+            if t % self.size_multiple or self.margin % self.size_multiple:
+                raise ValueError(f"tile {t} and margin {self.margin} must be multiples of {self.size_multiple}")
+            if t <= 2 * self.margin:
+                raise ValueError(f"tile {t} must exceed twice the margin {self.margin}")
+
+    @property
+    def tile_hw(self) -> tuple[int, int]:
+        """(height, width) of an input tile in LR pixels."""
+        return (self.tile, self.tile) if isinstance(self.tile, int) else (int(self.tile[0]), int(self.tile[1]))
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -58,7 +65,7 @@ class SRContract:
             "task": self.task, "scale": self.scale,
             "inputs": [asdict(t) for t in self.inputs], "outputs": [asdict(t) for t in self.outputs],
             "normalization": {"scale": 1 / 255, "color": "RGB", "range": [0.0, 1.0]},
-            "tiling": {"tile": self.tile, "margin": self.margin, "size_multiple": self.size_multiple},
+            "tiling": {"tile": list(self.tile_hw), "margin": self.margin, "size_multiple": self.size_multiple},
             "eval_size": list(self.eval_size),
         }
 
@@ -66,7 +73,8 @@ class SRContract:
     def from_dict(cls, d: dict) -> SRContract:
         """Inverse of :meth:`to_dict` (to run artifacts from their manifest alone)."""
         t = d["tiling"]
-        return cls(d["scale"], t["tile"], t["margin"], t["size_multiple"], tuple(d["eval_size"]))
+        tile = t["tile"] if isinstance(t["tile"], int) else (int(t["tile"][0]), int(t["tile"][1]))
+        return cls(d["scale"], tile, t["margin"], t["size_multiple"], tuple(d["eval_size"]))
 
 
 def edge_pad(x: torch.Tensor, bottom: int, right: int, top: int = 0, left: int = 0) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Super-resolution as an export task: fixed-size LR tiles in, ×s tiles out, fidelity in PSNR-Y.
 
-An SR artifact takes one ``tile``×``tile`` float32 RGB tile in [0, 1] (input ``image``) and returns the
+An SR artifact takes one ``tile_hw`` (th×tw) float32 RGB tile in [0, 1] (input ``image``) and returns the
 ``scale``× tile (output ``upscaled``); whole images run through :func:`edgevit.sr.tiling.upscale_tiled`.
 Fidelity: PSNR/SSIM on Y (:mod:`edgevit.sr.evaluate`) of the artifact and of the eager float model, both
 tiled the same way, against the HR images; the gate fails an artifact more than 0.1 dB below float.
@@ -88,12 +88,12 @@ class SRGate:
         return asdict(self)
 
 
-def _tile_of(lr: np.ndarray, tile: int) -> np.ndarray:
-    """The centre ``tile``×``tile`` crop of uint8 H×W×3 ``lr`` (edge-padded when smaller) → float32 1×3×t×t."""
-    h, w = lr.shape[:2]
-    y, x = max((h - tile) // 2, 0), max((w - tile) // 2, 0)
-    crop = lr[y : y + tile, x : x + tile]
-    crop = np.pad(crop, ((0, tile - crop.shape[0]), (0, tile - crop.shape[1]), (0, 0)), mode="edge")
+def _tile_of(lr: np.ndarray, tile: tuple[int, int]) -> np.ndarray:
+    """The centre th×tw crop of uint8 H×W×3 ``lr`` (edge-padded when smaller) → float32 1×3×th×tw."""
+    (h, w), (th, tw) = lr.shape[:2], tile
+    y, x = max((h - th) // 2, 0), max((w - tw) // 2, 0)
+    crop = lr[y : y + th, x : x + tw]
+    crop = np.pad(crop, ((0, th - crop.shape[0]), (0, tw - crop.shape[1]), (0, 0)), mode="edge")
     return np.ascontiguousarray(crop.transpose(2, 0, 1)[None].astype(np.float32) / 255)
 
 
@@ -104,18 +104,15 @@ class SuperResolutionTask:
         if size is None:
             return contract
         h, w = size
-        if h != w:
-            raise EdgevitError(f"--input-size {h}x{w}: super-resolution artifacts take square tiles, e.g. "
-                               f"{contract.tile}x{contract.tile}")
         try:
-            return dataclasses.replace(contract, tile=h)
+            return dataclasses.replace(contract, tile=h if h == w else (h, w))
         except ValueError as exc:
             raise EdgevitError(f"--input-size {h}x{w}: {exc}") from None
 
     def io_specs(self, contract: SRContract) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        t, s = contract.tile, contract.scale
-        inputs = [{"name": "image", "shape": [1, 3, t, t], "dtype": "float32", "layout": "NCHW"}]
-        outputs = [{"name": "upscaled", "shape": [1, 3, s * t, s * t], "dtype": "float32", "layout": "NCHW"}]
+        (th, tw), s = contract.tile_hw, contract.scale
+        inputs = [{"name": "image", "shape": [1, 3, th, tw], "dtype": "float32", "layout": "NCHW"}]
+        outputs = [{"name": "upscaled", "shape": [1, 3, s * th, s * tw], "dtype": "float32", "layout": "NCHW"}]
         return inputs, outputs
 
     def load_images(self, root: str | Path, layout: str | None, limit: int | None, contract: SRContract) -> SRImages:
@@ -133,7 +130,7 @@ class SuperResolutionTask:
                         [p[4] for p in pairs])
 
     def model_inputs(self, contract: SRContract, images: SRImages) -> list[np.ndarray]:
-        return [_tile_of(lr, contract.tile) for lr in images.lr]
+        return [_tile_of(lr, contract.tile_hw) for lr in images.lr]
 
     def measure(self, reference: LogitsFn, candidate: LogitsFn, contract: SRContract, images: SRImages) -> SRFidelity:
         from ..sr.evaluate import sr_metrics, upscale_image
