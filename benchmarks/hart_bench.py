@@ -44,13 +44,12 @@ class TimedEager(EagerPrograms):
         step, decode = self.step, self.decode
         self.step = lambda *a: self._timed("steps", step, *a)
         self.decode = lambda z: self._timed("decoder", decode, z)
-        self._net = model.diffusion.net
 
     def _timed(self, key, fn, *args):
         return timed(self.seconds, key, fn, *args)
 
     def residual(self, z, guidance, generator, temperature):
-        net = lambda x, t, c: self._timed("diffusion", self._net, x, t, c)  # noqa: E731
+        net = lambda x, t, c: self._timed("diffusion", self.net, x, t, c)  # noqa: E731
         return self.model.diffusion.sample(z, guidance, generator, temperature, net=net)
 
 

@@ -65,7 +65,7 @@ class DiTGen:
     """Seeded single-image DiT generation with the ε network and the decoder timed."""
 
     def __init__(self, model: DiT, cfg: float):
-        self.model, self.cfg, self.seconds = model, cfg, {}
+        self.model, self.cfg, self.seconds, self.eps = model, cfg, {}, model.denoiser()
 
     def _timed(self, key, fn, *args):
         return timed(self.seconds, key, fn, *args)
@@ -74,8 +74,8 @@ class DiTGen:
         self.seconds = {}
         gen = torch.Generator().manual_seed(seed)
         labels = torch.tensor([label])
-        with torch.no_grad():
-            lat = self.model.sample_latents(labels, gen, self.cfg, eps_fn=lambda *a: self._timed("diffusion", self.model, *a))
+        with torch.inference_mode():  # as the HART sampler
+            lat = self.model.sample_latents(labels, gen, self.cfg, eps_fn=lambda *a: self._timed("diffusion", self.eps, *a))
             img = self._timed("decoder", self.model.tokenizer.decode, lat)
         return img, {"steps": 0.0, "diffusion": self.seconds["diffusion"], "decoder": self.seconds["decoder"]}, None
 

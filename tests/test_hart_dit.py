@@ -10,10 +10,11 @@ from edgevit.hart.dit import DIT_CONFIGS, DiT, ddim_timesteps, get_dit_config, l
 from edgevit.hart.model import HartModel
 
 
-def test_baseline_matches_the_student_size():
-    m = HartModel(get_config("hart-student-phone"))
+@pytest.mark.parametrize("name", ["dit-baseline-phone", "dit-baseline-mid", "dit-baseline-watch"])
+def test_baseline_matches_the_student_size(name):
+    dit = DiT(get_dit_config(name))
+    m = HartModel(dit.cfg.hart_config())
     student = sum(p.numel() for part in (m.transformer, m.diffusion) for p in part.parameters())
-    dit = DiT(get_dit_config("dit-baseline-phone"))
     assert abs(sum(p.numel() for p in dit.generator_parameters()) / student - 1) < 0.05
     assert dit.cfg.sample_steps == 30 and dit.cfg.hart_config().tokenizer == get_config("hart-teacher-small").tokenizer
 

@@ -60,13 +60,17 @@ class Schedule:
         self.post_logvar = np.log(np.append(clip, self.post_var[1:]))
         self.coef_x0 = self.betas * np.sqrt(prev) / (1.0 - abar)
         self.coef_xt = (1.0 - prev) * np.sqrt(1.0 - self.betas) / (1.0 - abar)
+        self._f32: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.timesteps)
 
     def take(self, name: str, k: torch.Tensor) -> torch.Tensor:
         """Per-row float32 values (N×1) of array ``name`` at step indices ``k`` (N,)."""
-        return torch.from_numpy(getattr(self, name)).float()[k][:, None]
+        table = self._f32.get(name)
+        if table is None:
+            table = self._f32[name] = torch.from_numpy(getattr(self, name)).float()
+        return table[k][:, None]
 
     def model_mean_logvar(self, out: torch.Tensor, x: torch.Tensor, k: torch.Tensor, clip: bool = True):
         """Network output N×2C at x (N×C), step k -> (mean, log variance, x̂0) of p(x_{k-1} | x_k)."""
@@ -129,11 +133,35 @@ class ResidualMLP(nn.Module):
             nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        y = self.time_embed(t) + self.cond_embed(c)
+        return self.embedded(x, self.time_embed(t) + self.cond_embed(c))
+
+    def embedded(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` after the step + condition embedding y (N×width)."""
         h = self.input_proj(x)
         for blk in self.res_blocks:
             h = blk(h, y)
         return self.final_layer(h, y)
+
+
+class CachedNet:
+    """``net(x, t, c)`` of a frozen :class:`ResidualMLP` for sampling, with the per-step constants reused:
+    the step embedding per distinct ``t`` (by value, kept across calls) and the condition embedding of the
+    last ``c`` (by identity: :meth:`ResidualDiffusion.sample` passes the same z at every step). Same
+    outputs as ``net``; build a new one after the weights change."""
+
+    def __init__(self, net: ResidualMLP):
+        self.net = net
+        self._t: dict[bytes, torch.Tensor] = {}
+        self._c: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        key = t.numpy().tobytes()
+        te = self._t.get(key)
+        if te is None:
+            te = self._t[key] = self.net.time_embed(t)
+        if self._c is None or self._c[0] is not c:
+            self._c = (c, self.net.cond_embed(c))
+        return self.net.embedded(x, te + self._c[1])
 
 
 def _normal_kl(m1, lv1, m2, lv2):
@@ -173,13 +201,13 @@ class ResidualDiffusion(nn.Module):
         """Residual vectors N×Cz for conditions z. With ``guidance`` not None, z is 2N×C (conditional
         rows first, unconditional second), both halves share the noise and ε is guided. ``net`` replaces the
         eager MLP (e.g. an exported program with the same signature)."""
-        net = net or self.net
+        net = net or CachedNet(self.net)
         s = self.sample_schedule
         guided = guidance is not None
         n = z.shape[0] // 2 if guided else z.shape[0]
         x = torch.randn((n, self.channels), generator=generator)
         for k in reversed(range(len(s))):
-            kk = torch.full((n,), k, dtype=torch.long)
+            kk = torch.tensor([k])  # one row of schedule values, broadcast over the n rows
             tt = torch.full((z.shape[0],), int(s.timesteps[k]), dtype=torch.long)
             out = net(torch.cat([x, x]) if guided else x, tt, z)
             if guided:

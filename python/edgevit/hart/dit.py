@@ -62,6 +62,8 @@ DIT_CONFIGS.add("dit-tiny", DiTConfig("dit-tiny", "hart-tiny", dim=32, depth=2, 
 # diffusion MLP (2.38M); the tokenizer (shared by all three generators) is not counted.
 DIT_CONFIGS.add("dit-baseline-phone", DiTConfig("dit-baseline-phone", "hart-student-phone", dim=128, depth=8,
                                                 num_heads=4))
+# 7 blocks of width 112: 1.66M, the size of hart-student-mid's transformer + diffusion MLP (1.67M).
+DIT_CONFIGS.add("dit-baseline-mid", DiTConfig("dit-baseline-mid", "hart-student-mid", dim=112, depth=7, num_heads=4))
 # 5 blocks of width 96: 0.89M, the size of hart-student-watch's transformer + diffusion MLP (0.93M).
 DIT_CONFIGS.add("dit-baseline-watch", DiTConfig("dit-baseline-watch", "hart-student-watch", dim=96, depth=5,
                                                 num_heads=4))
@@ -170,9 +172,12 @@ class DiT(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("tokenizer.")]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedded(x, self.t_embed(t) + self.y_embed(labels))
+
+    def embedded(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` after the step + label embedding y (B×dim)."""
         b = x.shape[0]
         h = self.x_embed(x.flatten(2).transpose(1, 2)) + self.pos_embed
-        y = self.t_embed(t) + self.y_embed(labels)
         for blk in self.blocks:
             h = blk(h, y)
         shift, scale = self.final_modulation(y).chunk(2, dim=-1)
@@ -197,22 +202,30 @@ class DiT(nn.Module):
         mse = F.mse_loss(self(xt, t, labels), noise)
         return {"loss": mse, "mse": mse}
 
-    @torch.no_grad()
+    def denoiser(self) -> CachedDenoiser:
+        """``self(x, t, labels)`` for sampling with frozen weights, the per-step constants reused."""
+        return CachedDenoiser(self)
+
     def sample_latents(self, labels: torch.Tensor, generator: torch.Generator, cfg: float = 0.0,
                        steps: int | None = None, eps_fn=None) -> torch.Tensor:
         """DDIM (η = 0) from N(0, I) -> unscaled latents N×Cz×P×P. ``eps_fn(x, t, labels)`` replaces
-        ``self`` (e.g. a timed wrapper); with ``cfg`` != 0 it is called on the doubled batch."""
-        eps_fn = eps_fn or self
+        :meth:`denoiser` (e.g. a timed wrapper); with ``cfg`` != 0 it is called on the doubled batch. Runs
+        under ``torch.inference_mode``; returns an ordinary tensor."""
+        with torch.inference_mode():
+            x = self._ddim(labels, generator, cfg, steps, eps_fn or self.denoiser())
+        return x.clone()
+
+    def _ddim(self, labels, generator, cfg, steps, eps_fn) -> torch.Tensor:
         keep = ddim_timesteps(self.cfg.train_steps, steps or self.cfg.sample_steps)
         n = labels.shape[0]
         x = torch.randn((n, self.channels, self.size, self.size), generator=generator)
-        null = torch.full_like(labels, self.num_classes)
+        both = torch.cat([labels, torch.full_like(labels, self.num_classes)])  # conditional, then null labels
         for i in reversed(range(len(keep))):
             t = keep[i]
             a, a_prev = float(self.abar[t]), float(self.abar[keep[i - 1]]) if i > 0 else 1.0
             tt = torch.full((2 * n if cfg else n,), t, dtype=torch.long)
             if cfg:
-                e = eps_fn(torch.cat([x, x]), tt, torch.cat([labels, null]))
+                e = eps_fn(torch.cat([x, x]), tt, both)
                 eps = (1 + cfg) * e[:n] - cfg * e[n:]
             else:
                 eps = eps_fn(x, tt, labels)
@@ -221,11 +234,33 @@ class DiT(nn.Module):
             x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
         return x / self.latent_scale
 
-    @torch.no_grad()
     def generate(self, labels: torch.Tensor, seed: int, cfg: float = 0.0) -> torch.Tensor:
         """Seeded class-conditional images N×3×H×W in [-1, 1]."""
         gen = torch.Generator().manual_seed(seed)
-        return self.tokenizer.decode(self.sample_latents(labels, gen, cfg))
+        latent = self.sample_latents(labels, gen, cfg)
+        with torch.inference_mode():
+            images = self.tokenizer.decode(latent)
+        return images.clone()
+
+
+class CachedDenoiser:
+    """``dit(x, t, labels)`` of a frozen :class:`DiT` with the step embedding kept per distinct ``t`` (by value,
+    across calls) and the label embedding of the last ``labels`` (by identity: the sampler passes the same
+    tensor at every step). Same outputs as ``dit``; build a new one after the weights change."""
+
+    def __init__(self, dit: DiT):
+        self.dit = dit
+        self._t: dict[bytes, torch.Tensor] = {}
+        self._y: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        key = t.numpy().tobytes()
+        te = self._t.get(key)
+        if te is None:
+            te = self._t[key] = self.dit.t_embed(t)
+        if self._y is None or self._y[0] is not labels:
+            self._y = (labels, self.dit.y_embed(labels))
+        return self.dit.embedded(x, te + self._y[1])
 
 
 def save_dit(model: DiT, path: str | Path) -> Path:

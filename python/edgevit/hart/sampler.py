@@ -16,8 +16,9 @@ from typing import Protocol
 
 import torch
 
+from .diffusion import CachedNet
 from .model import HartModel
-from .transformer import Condition
+from .transformer import Condition, StepConstants
 
 
 def guidance_ramp(cfg: float, n_scales: int) -> list[float]:
@@ -80,21 +81,54 @@ class Programs(Protocol):
 
 
 class EagerPrograms:
-    """:class:`Programs` over an eager :class:`HartModel`."""
+    """:class:`Programs` over an eager :class:`HartModel` whose weights stay frozen while this object is
+    used (build a new one after training): what does not depend on the sample — level embeddings and
+    rotary tables per scale, the AdaLN modulations and qkv biases of one generation, the diffusion MLP's
+    step embeddings — is computed once and reused, and :meth:`step` writes the KV cache in place
+    (:meth:`HartTransformer.step_inplace`). Bit-identical to the plain module calls for the same seed."""
 
     def __init__(self, model: HartModel):
         self.model = model
         t, q = model.transformer, model.tokenizer.quantize
-        self.patch_nums = t.patch_nums
-        self.prefix_inputs, self.scale_inputs, self.step = t.prefix_inputs, t.scale_inputs, t.step
+        self.transformer, self.patch_nums = t, t.patch_nums
         self.empty_cache = t.empty_cache
         self.code_vectors = q.embedding
         self.upsample_scale, self.next_input = q.upsample_scale, q.next_input
         self.diffusion_condition = model.diffusion_condition
         self.decode = model.tokenizer.decode
+        self.net = CachedNet(model.diffusion.net)
+        self._memo: dict[tuple, object] = {}
+        self._consts: tuple[torch.Tensor, torch.Tensor, StepConstants] | None = None
+
+    def _cached(self, key: tuple, fn):
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def prefix_inputs(self, cond: Condition):
+        t, pos = self.transformer, cond.positions
+        k = cond.tokens.shape[1]
+        lvl = self._cached(("level", 0, k), lambda: t.level_embedding(0, k))
+        cos, sin = self._cached(("prefix", tuple(pos.shape), pos.numpy().tobytes()), lambda: t.prefix_rope(pos))
+        return cond.tokens + lvl, cos, sin
+
+    def scale_inputs(self, si: int, latent_in: torch.Tensor, cond: Condition):
+        t, pos, n = self.transformer, cond.positions, latent_in.shape[1]
+        lvl = self._cached(("level", si, n), lambda: t.level_embedding(si, n))
+        last = pos[:, -1]
+        cos, sin = self._cached(("scale", si, last.numpy().tobytes()), lambda: t.scale_rope(si, pos))
+        return t.word_embed(latent_in) + lvl, cos, sin
+
+    def step(self, x, pooled, pooled_head, cos, sin, cache, start: int):
+        """Same contract as :meth:`HartTransformer.step`, but ``cache`` is updated in place (and returned)."""
+        c = self._consts
+        if c is None or c[0] is not pooled or c[1] is not pooled_head:  # once per generation
+            c = self._consts = (pooled, pooled_head, self.transformer.step_constants(pooled, pooled_head))
+        hidden, logits = self.transformer.step_inplace(x, c[2], cos, sin, cache, start)
+        return hidden, logits, cache
 
     def residual(self, z, guidance, generator, temperature):
-        return self.model.diffusion.sample(z, guidance, generator, temperature)
+        return self.model.diffusion.sample(z, guidance, generator, temperature, net=self.net)
 
 
 @dataclass
@@ -107,11 +141,18 @@ class Generated:
     residual: torch.Tensor
 
 
-@torch.no_grad()
 def generate(programs: Programs, cond: Condition, uncond: Condition | None, settings: SamplerSettings,
              generator: torch.Generator) -> Generated:
     """Generate one image per row of ``cond``. With ``settings.cfg`` != 0, ``uncond`` (same batch)
-    is run alongside (batch 2B) and logits/ε are guided by :func:`guidance_ramp`."""
+    is run alongside (batch 2B) and logits/ε are guided by :func:`guidance_ramp`. Runs under
+    ``torch.inference_mode``; the returned tensors are ordinary (usable with autograd)."""
+    with torch.inference_mode():
+        g = _generate(programs, cond, uncond, settings, generator)
+    return Generated(g.images.clone(), [t.clone() for t in g.tokens], g.discrete.clone(), g.residual.clone())
+
+
+def _generate(programs: Programs, cond: Condition, uncond: Condition | None, settings: SamplerSettings,
+              generator: torch.Generator) -> Generated:
     pns = programs.patch_nums
     guided = settings.cfg != 0.0
     if guided and uncond is None:

@@ -12,9 +12,11 @@ embedding (a timestep embedder over the level index, or a table).
 Blocks: AdaLN (6 modulations from the pooled condition), RMSNorm, attention with q/v biases and
 scale 0.25/sqrt(head_dim), SwiGLU. Attention is plain matmul/softmax with an additive mask.
 
-Two forms: :meth:`HartTransformer.forward` (teacher forcing, the whole sequence under the
-block-causal mask) and :meth:`HartTransformer.step` (one scale, KV cache as an explicit
-fixed-length tensor in and out) — numerically the same.
+Three forms: :meth:`HartTransformer.forward` (teacher forcing, the whole sequence under the
+block-causal mask), :meth:`HartTransformer.step` (one scale, KV cache as an explicit fixed-length
+tensor in and out: the static-shape program that is exported) and :meth:`HartTransformer.step_inplace`
+(the eager sampler's step: AdaLN modulations computed once per generation, keys/values written into
+the cache in place instead of concatenated) — bit-identical outputs.
 """
 
 from __future__ import annotations
@@ -67,19 +69,24 @@ class Attention(nn.Module):
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
         self.scale = 1.0 if l2_norm else 0.25 / math.sqrt(self.head_dim)
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x: B×l×C -> q, k, v: B×H×l×d (rotary applied to q and k)."""
+    def qkv_bias(self) -> torch.Tensor:
+        """The 3C bias of the fused projection: [q_bias, 0, v_bias]."""
+        return torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor | None = None):
+        """x: B×l×C -> q, k, v: B×H×l×d (rotary applied to q and k). ``bias``: :meth:`qkv_bias`, precomputed."""
         b, n, c = x.shape
-        bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        bias = self.qkv_bias() if bias is None else bias
         q, k, v = F.linear(x, self.qkv_proj.weight, bias).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.l2_norm:
             q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100.0)).exp()
             k = F.normalize(k, dim=-1)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q: B×H×l×d, k, v: B×H×m×d, mask: additive, broadcastable to B×H×l×m -> B×l×C."""
-        w = torch.softmax((q * self.scale) @ k.transpose(-2, -1) + mask, dim=-1)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q: B×H×l×d, k, v: B×H×m×d, mask: additive, broadcastable to B×H×l×m, or None -> B×l×C."""
+        s = (q * self.scale) @ k.transpose(-2, -1)
+        w = torch.softmax(s if mask is None else s + mask, dim=-1)
         b, h, n, d = q.shape
         return self.proj((w @ v).transpose(1, 2).reshape(b, n, h * d))
 
@@ -107,11 +114,15 @@ class AdaLNBlock(nn.Module):
         self.ffn = SwiGLU(c, int(c * cfg.mlp_ratio * 2 / 3 + m - 1) // m * m)
         self.ada_lin = nn.Linear(c, 6 * c)
 
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """cond: B×C -> (γ1, γ2, s1, s2, b1, b2), each B×1×C."""
+        return self.ada_lin(F.silu(cond)).view(-1, 1, 6, cond.shape[-1]).unbind(2)
+
     def forward(self, x, cond, cos, sin, mask, cache: torch.Tensor | None = None, start: int = 0):
         """x: B×l×C, cond: B×C, cos/sin: B×l×d, mask: additive l×m. Without ``cache``: m = l.
         With ``cache`` (2×B×H×Lmax×d, keys then values): this chunk's keys/values are written at
         [start, start + l) and the chunk attends over all Lmax slots (m = Lmax); returns (x, cache)."""
-        g1, g2, s1, s2, b1, b2 = self.ada_lin(F.silu(cond)).view(-1, 1, 6, x.shape[-1]).unbind(2)
+        g1, g2, s1, s2, b1, b2 = self.modulation(cond)
         q, k, v = self.attn.project(self.norm(x) * (1 + s1) + b1, cos, sin)
         if cache is not None:
             end = start + x.shape[1]
@@ -122,6 +133,20 @@ class AdaLNBlock(nn.Module):
         x = x + self.ffn(self.norm(x) * (1 + s2) + b2) * g2
         return x, cache
 
+    def step_inplace(self, x, mod: tuple[torch.Tensor, ...], cos, sin, mask, cache: torch.Tensor, start: int,
+                     bias: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with a cache, for eager sampling: ``mod`` = (γ1, γ2, 1 + s1, 1 + s2, b1, b2)
+        precomputed, ``bias`` = :meth:`Attention.qkv_bias`; keys/values are written into ``cache``
+        (2×B×H×Lmax×d) at [start, start + l) in place; the chunk attends over all Lmax slots under ``mask``
+        (l×Lmax, as in :meth:`forward`: the same shapes, so the same floating-point results)."""
+        g1, g2, s1p, s2p, b1, b2 = mod
+        q, k, v = self.attn.project(self.norm(x) * s1p + b1, cos, sin, bias)
+        end = start + x.shape[1]
+        cache[0, :, :, start:end] = k
+        cache[1, :, :, start:end] = v
+        x = x + self.attn.attend(q, cache[0], cache[1], mask) * g1
+        return x + self.ffn(self.norm(x) * s2p + b2) * g2
+
 
 class HeadNorm(nn.Module):
     """AdaLN before the classifier head: norm(x)(1+s)+b, (s, b) = Linear(SiLU(cond))."""
@@ -131,9 +156,14 @@ class HeadNorm(nn.Module):
         self.norm = RMSNorm(dim, eps)
         self.ada_lin = nn.Linear(dim, 2 * dim)
 
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cond: B×C -> (1 + scale, shift), each B×1×C."""
+        scale, shift = self.ada_lin(F.silu(cond)).view(-1, 1, 2, cond.shape[-1]).unbind(2)
+        return 1 + scale, shift
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(F.silu(cond)).view(-1, 1, 2, x.shape[-1]).unbind(2)
-        return self.norm(x) * (1 + scale) + shift
+        scale1, shift = self.modulation(cond)
+        return self.norm(x) * scale1 + shift
 
 
 class HartTransformer(nn.Module):
@@ -191,17 +221,25 @@ class HartTransformer(nn.Module):
         idx = torch.full((n,), level, dtype=torch.long)
         return self.lvl_embed(idx.float() if self.cfg.use_timestep_embed else idx)
 
+    def prefix_rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix positions B×K -> cos, sin B×K×d."""
+        return rope_1d(positions, self.head_dim, self.cfg.rope_theta)
+
+    def scale_rope(self, si: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary tables of scale ``si``'s tokens after prefix positions B×K -> cos, sin B×pk²×d."""
+        n = self.patch_nums[si] ** 2
+        pos = scale_positions(self.patch_nums, si)[None] + positions[:, -1:, None]
+        return rope_2d(pos.expand(positions.shape[0], n, 2), self.head_dim, self.cfg.rope_theta)
+
     def prefix_inputs(self, cond: Condition):
         """Step-0 inputs: x B×K×C, cos, sin B×K×d."""
         x = cond.tokens + self.level_embedding(0, cond.tokens.shape[1])
-        return (x, *rope_1d(cond.positions, self.head_dim, self.cfg.rope_theta))
+        return (x, *self.prefix_rope(cond.positions))
 
     def scale_inputs(self, si: int, latent_in: torch.Tensor, cond: Condition):
         """Scale-``si`` (>= 1) inputs from the downsampled running latent B×pk²×Cz: x B×pk²×C, cos, sin."""
-        b, n, _ = latent_in.shape
-        x = self.word_embed(latent_in) + self.level_embedding(si, n)
-        pos = scale_positions(self.patch_nums, si)[None] + cond.positions[:, -1:, None]
-        return (x, *rope_2d(pos.expand(b, n, 2), self.head_dim, self.cfg.rope_theta))
+        x = self.word_embed(latent_in) + self.level_embedding(si, latent_in.shape[1])
+        return (x, *self.scale_rope(si, cond.positions))
 
     def logits(self, hidden: torch.Tensor, cond: Condition) -> torch.Tensor:
         return self.head(self.head_nm(hidden, cond.pooled_head))
@@ -244,15 +282,50 @@ class HartTransformer(nn.Module):
         Returns (hidden B×l×C, logits B×l×V, new cache). Raises EdgevitError on cache overflow.
         """
         n, cap = x.shape[1], cache.shape[-2]
-        if start + n > cap:
-            raise EdgevitError(f"KV cache overflow: {start} cached + {n} new tokens > capacity {cap}; "
-                               f"allocate at least {self.seq_len} slots")
+        self.check_capacity(start, n, cap)
         mask = torch.where(torch.arange(cap)[None, :] < start + n, 0.0, NEG).expand(n, cap)
         layers = []
         for i, blk in enumerate(self.blocks):
             x, kv = blk(x, pooled, cos, sin, mask, cache=cache[i], start=start)
             layers.append(kv)
         return x, self.head(self.head_nm(x, pooled_head)), torch.stack(layers)
+
+    def check_capacity(self, start: int, n: int, cap: int) -> None:
+        """Raise EdgevitError if ``n`` new tokens after ``start`` cached ones exceed ``cap`` slots."""
+        if start + n > cap:
+            raise EdgevitError(f"KV cache overflow: {start} cached + {n} new tokens > capacity {cap}; "
+                               f"allocate at least {self.seq_len} slots")
+
+    def step_constants(self, pooled: torch.Tensor, pooled_head: torch.Tensor) -> StepConstants:
+        """What :meth:`step_inplace` reuses at every scale of one generation (frozen weights)."""
+        mods = []
+        for blk in self.blocks:
+            g1, g2, s1, s2, b1, b2 = blk.modulation(pooled)
+            mods.append((g1, g2, 1 + s1, 1 + s2, b1, b2))
+        return StepConstants(mods, [blk.attn.qkv_bias() for blk in self.blocks], self.head_nm.modulation(pooled_head))
+
+    def step_inplace(self, x, consts: StepConstants, cos, sin, cache: torch.Tensor, start: int):
+        """:meth:`step` for eager sampling, bit-identical to it: the modulations come from
+        :meth:`step_constants` and keys/values are written into ``cache`` in place (no concatenation and
+        restacking of the whole cache). Returns (hidden B×l×C, logits B×l×V); ``cache`` now holds slots
+        [0, start + l)."""
+        n, cap = x.shape[1], cache.shape[-2]
+        self.check_capacity(start, n, cap)
+        mask = torch.where(torch.arange(cap)[None, :] < start + n, 0.0, NEG).expand(n, cap)
+        for i, blk in enumerate(self.blocks):
+            x = blk.step_inplace(x, consts.blocks[i], cos, sin, mask, cache[i], start, consts.biases[i])
+        scale1, shift = consts.head
+        return x, self.head(self.head_nm.norm(x) * scale1 + shift)
+
+
+@dataclass
+class StepConstants:
+    """Per-generation constants of :meth:`HartTransformer.step_inplace`: per block (γ1, γ2, 1 + s1, 1 + s2,
+    b1, b2) (B×1×C each) and the fused qkv bias (3C); the head's (1 + scale, shift)."""
+
+    blocks: list[tuple[torch.Tensor, ...]]
+    biases: list[torch.Tensor]
+    head: tuple[torch.Tensor, torch.Tensor]
 
 
 class ScaleStep(nn.Module):
