@@ -63,11 +63,15 @@ def _sha(path: Path | None) -> str:
 
 
 def _model_stamp(model_id: str) -> str:
-    """sha256 of the weights and of the model's source file: a cached artifact is reused only while both hold."""
+    """sha256 of the weights, the model's source file and the export rewrites: a cached artifact is reused only
+    while all hold."""
     import inspect
 
+    from edgevit.lowering import rewrite
+
     source = Path(inspect.getsourcefile(type(edgevit.create_model(model_id))))
-    return hashlib.sha256((_sha(_weights(model_id)) + _sha(source)).encode()).hexdigest()
+    parts = (_weights(model_id), source, Path(inspect.getsourcefile(rewrite)))
+    return hashlib.sha256("".join(_sha(p) for p in parts).encode()).hexdigest()
 
 
 # --- export ------------------------------------------------------------------------------------
