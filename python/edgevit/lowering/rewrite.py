@@ -25,6 +25,7 @@ and measured on a real input (max abs difference of the model output against the
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,18 +138,25 @@ class Substitution:
         return self.__dict__.copy()
 
 
-def input_sizes(model: nn.Module, x: torch.Tensor, kind: type[nn.Module]) -> dict[str, tuple[int, int]]:
-    """The input H×W each module of type ``kind`` in ``model`` sees when ``model(x)`` runs (one pass)."""
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, tuple(a[0].shape[-2:])))
-             for n, m in model.named_modules() if isinstance(m, kind)]
+def observe_inputs(model: nn.Module, x: torch.Tensor,
+                   select: Callable[[str, nn.Module], bool]) -> dict[str, tuple[Any, ...]]:
+    """The positional inputs of each submodule ``select(name, module)`` picks, from one ``model(x)`` pass (no
+    grad), in call order (a parent before its children); a module called twice keeps its first call."""
+    seen: dict[str, tuple[Any, ...]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: seen.setdefault(n, a))
+             for n, m in model.named_modules() if n and select(n, m)]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    return sizes
+    return seen
+
+
+def input_sizes(model: nn.Module, x: torch.Tensor, kind: type[nn.Module]) -> dict[str, tuple[int, int]]:
+    """The input H×W each module of type ``kind`` in ``model`` sees when ``model(x)`` runs (one pass)."""
+    return {n: tuple(a[0].shape[-2:]) for n, a in observe_inputs(model, x, lambda n, m: isinstance(m, kind)).items()}
 
 
 def set_module(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -165,25 +165,17 @@ def global_skip_modules(model: Any, example: Any) -> list[str]:
     edge-padded copy counts), found by running ``model`` once on ``example`` (float32 1×3×t×t tensor)."""
     import torch
 
+    from ..lowering.rewrite import observe_inputs
+
+    def fixed(name: str, m: Any) -> bool:
+        return not any(True for _ in m.parameters()) and any(True for _ in m.buffers())
+
+    h, w = example.shape[-2:]
     found: list[str] = []
-    hooks = []
-    for name, module in model.named_modules():
-        if not name or any(True for _ in module.parameters()) or not any(True for _ in module.buffers()):
-            continue
-
-        def hook(m: Any, args: tuple[Any, ...], name: str = name) -> None:
-            x = args[0] if args else None
-            h, w = example.shape[-2:]
-            if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[:2] == example.shape[:2]
-                    and x.shape[-2] >= h and x.shape[-1] >= w and torch.equal(x[..., :h, :w], example)
-                    and not any(name.startswith(f + ".") for f in found)):
-                found.append(name)
-
-        hooks.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return list(dict.fromkeys(found))
+    for name, args in observe_inputs(model, example, fixed).items():
+        x = args[0] if args else None
+        if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[:2] == example.shape[:2]
+                and x.shape[-2] >= h and x.shape[-1] >= w and torch.equal(x[..., :h, :w], example)
+                and not any(name.startswith(f + ".") for f in found)):
+            found.append(name)
+    return found
