@@ -52,6 +52,9 @@ def test_fp32_artifacts_reproduce_eager_tokens(exported, checkpoint):
     fid = top["fidelity"]
     assert fid["gate_result"] == "passed" and fid["token_agreement"] == 1.0 and fid["psnr_min_db"] >= 40
     assert top["batch"] == 2 and top["starts"] == [0, 1, 5, 21]
+    if fmt == "pte":  # the qkv linears (constant bias buffers in ScaleStep) run in XNNPACK, not portable addmm
+        report = json.loads((out / "step_3" / "manifest.json").read_text())["delegation"]
+        assert report["delegated_nodes"] > 0 and not any("addmm" in op for op in report["non_delegated_ops"])
     comps = top["components"]
     assert sorted(comps) == ["decoder", "diffusion", "step_0", "step_1", "step_2", "step_3"]
     assert comps["step_3"]["inputs"][-1]["shape"] == [2, 2, 2, 2, 85, 16]  # depth, k/v, B, H, Lmax, d

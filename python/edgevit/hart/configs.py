@@ -153,6 +153,12 @@ _add(HartConfig(
     notes="student between phone and watch: the phone's width at 4 blocks",
 ))
 _add(HartConfig(
+    name="hart-student-mid5", image_size=64, tokenizer=_TOKENIZER_64,
+    transformer=TransformerConfig(depth=5, embed_dim=128, num_heads=4, ffn_multiple=64, num_classes=_CLASSES),
+    diffusion=DiffusionConfig(width=128, depth=2),
+    notes="hart-student-mid with a fifth block",
+))
+_add(HartConfig(
     name="hart-student-watch", image_size=64, tokenizer=_TOKENIZER_64,
     transformer=TransformerConfig(depth=4, embed_dim=96, num_heads=3, ffn_multiple=32, num_classes=_CLASSES),
     diffusion=DiffusionConfig(width=96, depth=2),

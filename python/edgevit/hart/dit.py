@@ -64,6 +64,9 @@ DIT_CONFIGS.add("dit-baseline-phone", DiTConfig("dit-baseline-phone", "hart-stud
                                                 num_heads=4))
 # 7 blocks of width 112: 1.66M, the size of hart-student-mid's transformer + diffusion MLP (1.67M).
 DIT_CONFIGS.add("dit-baseline-mid", DiTConfig("dit-baseline-mid", "hart-student-mid", dim=112, depth=7, num_heads=4))
+# 6 blocks of width 132: 1.99M, the size of hart-student-mid5 (1.99M).
+DIT_CONFIGS.add("dit-baseline-mid5", DiTConfig("dit-baseline-mid5", "hart-student-mid5", dim=132, depth=6,
+                                               num_heads=4))
 # 5 blocks of width 96: 0.89M, the size of hart-student-watch's transformer + diffusion MLP (0.93M).
 DIT_CONFIGS.add("dit-baseline-watch", DiTConfig("dit-baseline-watch", "hart-student-watch", dim=96, depth=5,
                                                 num_heads=4))

@@ -118,12 +118,14 @@ class AdaLNBlock(nn.Module):
         """cond: B×C -> (γ1, γ2, s1, s2, b1, b2), each B×1×C."""
         return self.ada_lin(F.silu(cond)).view(-1, 1, 6, cond.shape[-1]).unbind(2)
 
-    def forward(self, x, cond, cos, sin, mask, cache: torch.Tensor | None = None, start: int = 0):
+    def forward(self, x, cond, cos, sin, mask, cache: torch.Tensor | None = None, start: int = 0,
+                bias: torch.Tensor | None = None):
         """x: B×l×C, cond: B×C, cos/sin: B×l×d, mask: additive l×m. Without ``cache``: m = l.
         With ``cache`` (2×B×H×Lmax×d, keys then values): this chunk's keys/values are written at
-        [start, start + l) and the chunk attends over all Lmax slots (m = Lmax); returns (x, cache)."""
+        [start, start + l) and the chunk attends over all Lmax slots (m = Lmax); returns (x, cache).
+        ``bias``: the fused qkv bias as a constant (see :class:`ScaleStep`), default computed here."""
         g1, g2, s1, s2, b1, b2 = self.modulation(cond)
-        q, k, v = self.attn.project(self.norm(x) * (1 + s1) + b1, cos, sin)
+        q, k, v = self.attn.project(self.norm(x) * (1 + s1) + b1, cos, sin, bias)
         if cache is not None:
             end = start + x.shape[1]
             k = torch.cat([cache[0, :, :, :start], k, cache[0, :, :, end:]], dim=2)
@@ -274,19 +276,22 @@ class HartTransformer(nn.Module):
         n = self.seq_len if max_len is None else max_len
         return torch.zeros(len(self.blocks), 2, batch, self.cfg.num_heads, n, self.head_dim)
 
-    def step(self, x, pooled, pooled_head, cos, sin, cache: torch.Tensor, start: int):
+    def step(self, x, pooled, pooled_head, cos, sin, cache: torch.Tensor, start: int,
+             biases: list[torch.Tensor] | None = None):
         """One scale with the KV cache as explicit input/output.
 
         x: B×l×C inputs (from :meth:`prefix_inputs` / :meth:`scale_inputs`), pooled, pooled_head: B×C,
-        cos, sin: B×l×d, cache: depth×2×B×H×Lmax×d, start: slots already filled.
-        Returns (hidden B×l×C, logits B×l×V, new cache). Raises EdgevitError on cache overflow.
+        cos, sin: B×l×d, cache: depth×2×B×H×Lmax×d, start: slots already filled; ``biases``: per block
+        :meth:`Attention.qkv_bias` precomputed (same values). Returns (hidden B×l×C, logits B×l×V, new
+        cache). Raises EdgevitError on cache overflow.
         """
         n, cap = x.shape[1], cache.shape[-2]
         self.check_capacity(start, n, cap)
         mask = torch.where(torch.arange(cap)[None, :] < start + n, 0.0, NEG).expand(n, cap)
         layers = []
         for i, blk in enumerate(self.blocks):
-            x, kv = blk(x, pooled, cos, sin, mask, cache=cache[i], start=start)
+            x, kv = blk(x, pooled, cos, sin, mask, cache=cache[i], start=start,
+                        bias=None if biases is None else biases[i])
             layers.append(kv)
         return x, self.head(self.head_nm(x, pooled_head)), torch.stack(layers)
 
@@ -330,11 +335,17 @@ class StepConstants:
 
 class ScaleStep(nn.Module):
     """:meth:`HartTransformer.step` at a fixed cache offset ``start`` as a module with tensor-only
-    inputs/outputs — the static-shape program exported per scale (plain matmul/softmax, no SDPA)."""
+    inputs/outputs — the static-shape program exported per scale (plain matmul/softmax, no SDPA).
+    The fused qkv biases are buffers, so the exported projections have a constant bias (a bias
+    concatenated in the graph kept XNNPACK from taking the qkv linears: they ran on ExecuTorch's
+    portable addmm)."""
 
     def __init__(self, transformer: HartTransformer, start: int):
         super().__init__()
         self.transformer, self.start = transformer, start
+        for i, blk in enumerate(transformer.blocks):
+            self.register_buffer(f"qkv_bias_{i}", blk.attn.qkv_bias().detach().clone(), persistent=False)
 
     def forward(self, x, pooled, pooled_head, cos, sin, cache):
-        return self.transformer.step(x, pooled, pooled_head, cos, sin, cache, self.start)
+        biases = [getattr(self, f"qkv_bias_{i}") for i in range(len(self.transformer.blocks))]
+        return self.transformer.step(x, pooled, pooled_head, cos, sin, cache, self.start, biases)
