@@ -39,7 +39,7 @@ from ..quantize.sensitivity import layer_sensitivity
 from .evaluate import open_sam_dataset
 from .fidelity import FloatReference, MaskAgreement, MaskGate
 from .predictor import Predictor
-from .rewrite import friendly_decoder, friendly_encoder
+from .rewrite import decoder_float_regions, friendly_decoder, friendly_encoder
 
 CALIBRATION_IMAGES = 16
 EVAL_INSTANCES = 8
@@ -114,10 +114,10 @@ def load_sam_artifacts(folder: str | Path, threads: int | None = None) -> SamArt
     return SamArtifacts(folder, top, runners["encoder"], runners["decoder"], _contract_from(top["contract"], str(path)))
 
 
-def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path) -> ExportResult:
+def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path, regions=()) -> ExportResult:
     path.parent.mkdir(parents=True, exist_ok=True)
     request = ExportRequest.multi(module, _specs(inputs), [d["name"] for d in outputs], precision, path, calib,
-                                  keep_float)
+                                  keep_float, regions)
     return backend.export(request)
 
 
@@ -215,13 +215,14 @@ def export_sam(
     dec_path, enc_path = tmp / "decoder" / f"model{backend.extension}", tmp / "encoder" / f"model{backend.extension}"
     runners: list[Any] = []
     try:
-        dec_calib = None
+        dec_calib, dec_regions = None, ()
         if decoder_precision == "int8":
+            dec_regions = tuple(decoder_float_regions(dec_friendly))
             extra = instances[eval_limit: eval_limit + 8] or gate_set
             dec_calib = _decoder_calibration(model, contract, extra, [io.read_image(i.image) for i in extra])
         if progress:
             print(f"export-sam: lowering the prompt decoder ({format}/{decoder_precision})", flush=True)
-        dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path)
+        dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path, dec_regions)
         dec_runner = backend.load(dec_path, Manifest(name, format, decoder_precision, dec_path.name, "", 0,
                                                      *dec_io, contract_dict, {}), threads)
         runners.append(dec_runner)
@@ -264,8 +265,8 @@ def export_sam(
         del enc_runner, dec_runner, pair
         gc.collect()
         top = _write_folder(tmp, name, format, precision, decoder_precision, contract_dict, contract,
-                            (enc_path, enc_io, enc_result, enc_subs), (dec_path, dec_io, dec_result, dec_subs),
-                            fid, gate or MaskGate(), failures, calib_set, kept, sensitivity, eval_data, weights)
+                            (enc_path, enc_io, enc_result, enc_subs), (dec_path, dec_io, dec_result, dec_subs,
+                                                                       dec_regions), fid, gate or MaskGate(), failures, calib_set, kept, sensitivity, eval_data, weights)
         _replace_dir(tmp, out)
     finally:
         runners.clear()
@@ -282,13 +283,18 @@ def _write_folder(tmp: Path, name, format, precision, decoder_precision, contrac
                 "reference": "eager PyTorch fp32 through the same Predictor", "gate": gate.to_dict(),
                 "gate_result": verdict}
     components: dict[str, Any] = {}
-    for comp, (path, io_specs, result, subs), prec in (("encoder", enc, precision), ("decoder", dec, decoder_precision)):
+    for comp, (path, io_specs, result, subs, *regions), prec in (("encoder", enc, precision),
+                                                                  ("decoder", dec, decoder_precision)):
         extra: dict[str, Any] = {"fidelity": {"measured_as": "the encoder+decoder pipeline, see ../manifest.json",
                                               "mask_miou_vs_float": round(fid.miou, 3), "gate_result": verdict}}
         if prec == "int8" and comp == "encoder":
             extra["calibration"] = calib_set.describe()
             extra["quantization"] = {"kept_float": kept,
                                      "sensitivity": [x.to_dict() for x in sensitivity] if sensitivity else None}
+        if prec == "int8" and comp == "decoder":
+            extra["calibration"] = {"samples": "float embeddings of eval photos after the gate's, with their box "
+                                               "and first-click prompts"}
+            extra["quantization"] = {"float_regions": [r.to_dict() for r in regions[0]]}
         manifest = _component_manifest(name, format, prec, path, io_specs, {**contract_dict, "component": comp},
                                        result, subs, extra, weights)
         write_manifest(manifest, path.parent)

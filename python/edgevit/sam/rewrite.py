@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..lowering.float_region import FloatRegion
 from ..lowering.rewrite import MatmulBicubicUpsample, Substitution, export_friendly, input_sizes, set_module
 from ..models.efficientvit_sam import LayerNorm2dEViT, ResizeTo
 from ..models.sam_decoder import MASKED, Attention, LayerNorm2d, PromptDecoder
@@ -60,6 +61,23 @@ class LinearLayerNorm(nn.Module):
         return d / torch.sqrt(F.linear(d * d, self.avg) + self.eps) * self.weight + self.bias
 
 
+class AttentionSoftmax(nn.Module):
+    """``softmax(logits · scale + key_bias)`` over the keys: logits (B·h)×Nq×Nk, key_bias B×Nk (0 or
+    ``MASKED``) or None. A module of its own so that int8 export can keep it float (:func:`decoder_float_regions`)."""
+
+    def __init__(self, heads: int, scale: float):
+        super().__init__()
+        self.heads, self.scale = heads, scale
+
+    def forward(self, logits: torch.Tensor, key_bias: torch.Tensor | None) -> torch.Tensor:
+        logits = logits * self.scale
+        if key_bias is not None:
+            bh, nq, nk = logits.shape
+            b = bh // self.heads
+            logits = (logits.reshape(b, self.heads, nq, nk) + key_bias.reshape(b, 1, 1, nk)).reshape(-1, nq, nk)
+        return torch.softmax(logits, dim=-1)
+
+
 class BmmAttention(nn.Module):
     """:class:`~edgevit.models.sam_decoder.Attention` with 3-D ``bmm`` over batch·heads (same weights)."""
 
@@ -67,6 +85,7 @@ class BmmAttention(nn.Module):
         super().__init__()
         self.heads = src.heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = src.q_proj, src.k_proj, src.v_proj, src.out_proj
+        self.softmax = AttentionSoftmax(src.heads, 1.0 / math.sqrt(src.q_proj.out_features // src.heads))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -75,19 +94,52 @@ class BmmAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 key_bias: torch.Tensor | None = None) -> torch.Tensor:
         b, nq, _ = q.shape
-        nk = k.shape[1]
         q, k, v = self._split(self.q_proj(q)), self._split(self.k_proj(k)), self._split(self.v_proj(v))
-        logits = torch.bmm(q, k.transpose(1, 2)) * (1.0 / math.sqrt(q.shape[-1]))
-        if key_bias is not None:
-            logits = (logits.reshape(b, self.heads, nq, nk) + key_bias.reshape(b, 1, 1, nk)).reshape(-1, nq, nk)
-        out = torch.bmm(torch.softmax(logits, dim=-1), v)  # (B·h)×Nq×d
+        out = torch.bmm(self.softmax(torch.bmm(q, k.transpose(1, 2)), key_bias), v)  # (B·h)×Nq×d
         out = out.reshape(b, self.heads, nq, -1).permute(0, 2, 1, 3).reshape(b, nq, -1)
         return self.out_proj(out)
 
 
+def _one_minus(x: torch.Tensor) -> torch.Tensor:
+    """``1 - x`` written ``-x + 1.0`` (same float result): ``scalar - tensor`` exports a scalar tensor constant
+    whose dtype copy ExecuTorch runs outside the XNNPACK delegate."""
+    return torch.neg(x) + 1.0
+
+
 def _indicator(x: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
     """1 where ``x == value``, 0 at other integers (``x`` holds integers)."""
-    return F.relu(1 - (x - value).abs())
+    return F.relu(_one_minus((x - value).abs()))
+
+
+class SparsePrompt(nn.Module):
+    """Prompt slots → sparse tokens and attention key bias, for batch 1 in XNNPACK-delegable ops.
+
+    coords 1×P×2 (1024 frame), labels 1×P (float: -1 pad, 0 bg, 1 fg, 2/3 box corners) →
+    (tokens 1×P×C, key bias 1×P: 0 attended, ``MASKED`` masked)."""
+
+    def __init__(self, pe: nn.Module, slots: int):
+        super().__init__()
+        with torch.no_grad():
+            self.register_buffer("gauss_t", pe.pe_layer.positional_encoding_gaussian_matrix.t().contiguous())
+            self.register_buffer("label_values", torch.arange(-1.0, 4.0))  # -1 pad, 0 bg, 1 fg, 2/3 corners
+            table = torch.cat([pe.not_a_point_embed.weight] + [e.weight for e in pe.point_embeddings])  # 5×C
+            self.register_buffer("label_table_t", table.t().contiguous())
+            self.register_buffer("triangle_t", torch.triu(torch.ones(slots, slots)).t().contiguous())
+            self.register_buffer("ones_row", torch.ones(1, slots))
+
+    def forward(self, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = labels.shape[1]
+        onehot = _indicator(labels.reshape(1, p, 1), self.label_values)  # 1×P×5
+        pad = onehot[:, :, 0:1]
+        # float constants only (an int ``2`` became an int64 tensor constant that int8 observers cannot take)
+        proj = 2 * math.pi * F.linear(2.0 * ((coords + 0.5) / 1024.0) - 1.0, self.gauss_t)
+        point_pe = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+        sparse = point_pe * _one_minus(pad) + F.linear(onehot, self.label_table_t)  # 1×P×C
+        pad = pad.reshape(1, p)
+        first_pad = pad * _indicator(F.linear(pad, self.triangle_t), 1.0)  # cumulative count == 1
+        corners = F.linear(onehot[:, :, 3:4].reshape(1, p), self.ones_row)  # count of label-3 slots, >= 0
+        no_box = F.relu(_one_minus(corners))  # = 1 - min(count, 1); clamp is RELU_0_TO_1, outside LiteRT's XNNPACK
+        return sparse, _one_minus(_one_minus(pad) + first_pad * no_box) * MASKED
 
 
 class ExportPromptDecoder(nn.Module):
@@ -97,33 +149,18 @@ class ExportPromptDecoder(nn.Module):
         super().__init__()
         pe, md = src.prompt_encoder, src.mask_decoder
         self.prompt_encoder, self.mask_decoder = pe, md
+        self.sparse_prompt = SparsePrompt(pe, slots)
         with torch.no_grad():
             self.register_buffer("dense_pe", pe.get_dense_pe().contiguous().clone())
-            self.register_buffer("gauss_t", pe.pe_layer.positional_encoding_gaussian_matrix.t().contiguous())
-            self.register_buffer("label_values", torch.arange(-1.0, 4.0))  # -1 pad, 0 bg, 1 fg, 2/3 corners
-            table = torch.cat([pe.not_a_point_embed.weight] + [e.weight for e in pe.point_embeddings])  # 5×C
-            self.register_buffer("label_table_t", table.t().contiguous())
-            self.register_buffer("triangle_t", torch.triu(torch.ones(slots, slots)).t().contiguous())
-            self.register_buffer("ones_row", torch.ones(1, slots))
             self.register_buffer("out_bias", torch.zeros(1, 1 + md.mask_tokens.weight.shape[0]))
 
     def forward(self, embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor,
                 mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pe, md = self.prompt_encoder, self.mask_decoder
-        p = labels.shape[1]
-        onehot = _indicator(labels.reshape(1, p, 1), self.label_values)  # 1×P×5
-        pad = onehot[:, :, 0:1]
-        proj = 2 * math.pi * F.linear(2 * ((coords + 0.5) / 1024.0) - 1, self.gauss_t)
-        point_pe = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
-        sparse = point_pe * (1 - pad) + F.linear(onehot, self.label_table_t)  # 1×P×C
-        pad = pad.reshape(1, p)
-        first_pad = pad * _indicator(F.linear(pad, self.triangle_t), 1.0)  # cumulative count == 1
-        corners = F.linear(onehot[:, :, 3:4].reshape(1, p), self.ones_row)  # count of label-3 slots, >= 0
-        no_box = F.relu(1 - corners)  # = 1 - min(count, 1); clamp is RELU_0_TO_1, outside LiteRT's XNNPACK
-        bias = (1 - ((1 - pad) + first_pad * no_box)) * MASKED
+        pe = self.prompt_encoder
+        sparse, bias = self.sparse_prompt(coords, labels)
         flag = has_mask_input.reshape(1, 1, 1, 1)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        dense = flag * pe.mask_downscaling(mask_input) + (1 - flag) * no_mask
+        dense = flag * pe.mask_downscaling(mask_input) + _one_minus(flag) * no_mask
         return self._predict(embeddings, sparse, dense, bias)
 
     def _predict(self, image: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
@@ -197,3 +234,16 @@ def friendly_decoder(decoder: PromptDecoder, example: tuple[torch.Tensor, ...]) 
     for s in subs:
         s.max_abs_diff = diff
     return new, subs
+
+
+DECODER_FLOAT_WHY = ("the attention key bias is 0 or MASKED (-1e4): an int8 range covering it has ~40-logit "
+                     "steps, which flattens every masked softmax; the prompt arithmetic (indicators, sin/cos "
+                     "position encoding) builds that bias and the tokens from exact small integers")
+
+
+def decoder_float_regions(decoder: nn.Module) -> list[FloatRegion]:
+    """The parts of an :class:`ExportPromptDecoder` that an int8 export keeps float32 by design: the prompt
+    slot arithmetic (:class:`SparsePrompt`) and every attention softmax with its scale and key bias."""
+    softmaxes = tuple(n for n, m in decoder.named_modules() if isinstance(m, AttentionSoftmax))
+    prompt = tuple(n for n, m in decoder.named_modules() if isinstance(m, SparsePrompt))
+    return [FloatRegion("prompt-arithmetic-and-attention-softmax", prompt + softmaxes, why=DECODER_FLOAT_WHY)]
