@@ -84,3 +84,32 @@ def test_graph_has_no_integer_scalar_constants(graph):
     consts = [functools.reduce(getattr, n.target.split("."), gm) for n in graph.nodes if n.op == "get_attr"]
     assert not [c for c in consts if isinstance(c, torch.Tensor) and not c.is_floating_point()]
     assert not [n for n in graph.nodes if n.op == "call_function" and "rsub" in str(n.target)]
+
+
+def test_int8_decoder_export_keeps_the_region_float_and_records_it(shared_data, tmp_path):
+    """ONNX QDQ (the quickest int8 backend): every Softmax reads a float tensor, the projections are int8."""
+    import json
+
+    import onnx
+
+    from edgevit.models.efficientvit_sam import SamContract, build
+    from edgevit.models.layers import LargeBackboneCfg
+    from edgevit.sam.export import export_sam
+
+    torch.manual_seed(0)
+    model = build(LargeBackboneCfg((8, 16, 16, 32, 32), (0, 0, 0, 1, 1)),
+                  (("stage4", "stage3", "stage2"), (32, 32, 16)), 1, 1).eval()
+    model.contract, model.model_id = SamContract(256), "tiny-sam-test"
+    out = tmp_path / "sam"
+    top = export_sam(model, "onnx", "fp32", out, calib=shared_data / "sam/sa_examples",
+                     eval_data=shared_data / "sam/grabcut50", eval_limit=1, threads=1, gate=None, progress=False,
+                     decoder_precision="int8")
+    assert top["components"]["decoder"]["precision"] == "int8"
+    (region,) = json.loads((out / "decoder" / "manifest.json").read_text())["quantization"]["float_regions"]
+    assert "sparse_prompt" in region["modules"] and sum(m.endswith(".softmax") for m in region["modules"]) == 7
+    graph = onnx.load(str(out / "decoder" / "model.onnx")).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]
+    assert len(softmax) == 7
+    assert all(producer[n.input[0]].op_type != "DequantizeLinear" for n in softmax)
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 20  # the rest is int8
