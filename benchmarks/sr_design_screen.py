@@ -1,0 +1,117 @@
+"""Latency screen of super-resolution designs before training them: random-init EfficientViT-SR configs and the
+FSRCNN-sized baseline, exported fp32 at one input size, timed side by side (interleaved, median) eager and as
+.pte / .tflite. Latency does not depend on the weights at fp32, so a design can be ruled out (or in) against the
+baseline's latency before spending a training run on it. Prints a markdown table with MACs.
+
+    .venv/bin/python benchmarks/sr_design_screen.py [--size 480x640] [--threads 2] [--runs 5]
+        [--formats pte,tflite] [--configs s,fuse2,depth1,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edgevit
+from edgevit.lowering.base import ExportRequest, get_backend
+from edgevit.lowering.rewrite import export_friendly
+from edgevit.models.efficientvit_sr import VARIANTS, EfficientViTSR, SRConfig
+from edgevit.models.profile import count_macs
+
+S = VARIANTS["s"]
+CONFIGS: dict[str, SRConfig] = {
+    "s": S,
+    "fuse2": SRConfig(stem=24, width=32, depth=2, fuse=2),
+    "fuse1": SRConfig(stem=24, width=32, depth=2, fuse=1),
+    "depth1": SRConfig(stem=24, width=32, depth=1, fuse=3),
+    "depth1-fuse2": SRConfig(stem=24, width=32, depth=1, fuse=2),
+    "stem16-fuse2": SRConfig(stem=16, width=32, depth=2, fuse=2),
+    "w24-depth1-fuse2": SRConfig(stem=24, width=24, depth=1, fuse=2, dim=12),
+}
+
+
+def _runner(fmt: str, model: torch.nn.Module, shape: tuple[int, ...], folder: Path, threads: int):
+    """Export ``model`` fp32 to ``fmt`` and return a numpy callable over the raw runtime."""
+    art = folder / f"m.{fmt}"
+    get_backend(fmt).export(ExportRequest(model, shape, "fp32", art))
+    if fmt == "pte":
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(art)).load_method("forward")
+        return lambda x: method.execute([torch.from_numpy(x)])[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(art), num_threads=threads)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+    def run(x):
+        it.set_tensor(i, x)
+        it.invoke()
+        return it.get_tensor(o)
+
+    return run
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="480x640")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--formats", default="pte,tflite")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    h, w = map(int, a.size.split("x"))
+    shape = (1, 3, h, w)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    models: dict[str, torch.nn.Module] = {"fsrcnn-x2": edgevit.create_model("fsrcnn-x2").eval()}
+    for name in a.configs.split(","):
+        torch.manual_seed(0)
+        models[name] = EfficientViTSR(CONFIGS[name], 2).eval()
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            friendly, _ = export_friendly(model, torch.from_numpy(x))
+            fns = {"eager": lambda m=model: m(torch.from_numpy(x))}
+            for fmt in filter(None, a.formats.split(",")):
+                folder = Path(tmp) / f"{name}-{fmt}"
+                folder.mkdir()
+                print(f"  export {name} {fmt} ...", file=sys.stderr, flush=True)
+                run = _runner(fmt, friendly, shape, folder, a.threads)
+                fns[fmt] = lambda r=run: r(x)
+            params = sum(t.numel() for t in model.parameters())
+            rows[name] = {"fns": fns, "macs": count_macs(model, shape), "params": params, "times": {}}
+        cols = list(rows["fsrcnn-x2"]["fns"])
+        with torch.inference_mode():
+            for r in rows.values():
+                for f in r["fns"].values():
+                    f()
+            for _ in range(a.runs):
+                for r in rows.values():
+                    for c, f in r["fns"].items():
+                        t = time.perf_counter()
+                        f()
+                        r["times"].setdefault(c, []).append(time.perf_counter() - t)
+    base = {c: statistics.median(rows["fsrcnn-x2"]["times"][c]) for c in cols}
+    print(f"{h}x{w} input x2, fp32, {a.threads} threads, median of {a.runs} interleaved runs (ms; in brackets: time "
+          f"relative to FSRCNN in the same runtime)\n")
+    print("| design | params | GMACs | " + " | ".join(cols) + " |\n|---|---|---|" + "---|" * len(cols))
+    for name, r in rows.items():
+        cells = []
+        for c in cols:
+            t = statistics.median(r["times"][c])
+            cells.append(f"{1000 * t:.0f} ({t / base[c]:.2f})")
+        print(f"| {name} | {r['params'] / 1e3:.1f}k | {r['macs'] / 1e9:.2f} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
