@@ -133,3 +133,42 @@ def test_bench_table_with_a_failing_row(voc, tmp_path):
     assert "<svg" in (tmp_path / "bench.html").read_text()
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["meta"]["input"] == [1, 3, 64, 64] and len(saved["rows"]) == 3
+
+
+def test_gated_fallback_keeps_the_least_quantizable_layers_until_the_gate_passes():
+    """The shared lower-measure-retry loop (generic export and SAM): 1, then up to 2 more of the lowest-SQNR layers
+    are kept float until the attempt passes; without retry it stops after one attempt; the error names the worst."""
+    import torch
+    from torch import nn
+
+    from edgevit.export import MAX_FALLBACK_ROUNDS, gate_error, gated_fallback
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 3, 1)).eval()
+    with torch.no_grad():
+        net[2].weight[0] *= 200  # one output channel far out of range: per-channel weights cope, activations do not
+    xs = [np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32) for i in range(10)]
+    calls: list[list[str]] = []
+
+    def attempt(kept: list[str]) -> tuple[int, list[str]]:
+        calls.append(list(kept))
+        return len(kept), ([] if len(kept) >= 3 else ["agreement too low"])
+
+    fid, failures, kept, sens = gated_fallback(attempt, net, xs, ("4",), True, False)
+    ranked = [s.name for s in sorted(sens, key=lambda s: s.sqnr_db) if s.name != "4"]
+    assert len(ranked) == 2 and calls == [["4"], ["4", ranked[0]], ["4", *ranked]] and fid == 3 and failures == []
+    assert kept[0] == {"name": "4", "why": "requested"} and "emulated int8 SQNR" in kept[1]["why"]
+    calls.clear()
+    _, failures, kept, sens = gated_fallback(attempt, net, xs, (), False, False)
+    assert calls == [[]] and failures == ["agreement too low"] and sens is None and kept == []
+    calls.clear()
+
+    def never(kept: list[str]) -> tuple[int, list[str]]:
+        calls.append(list(kept))
+        return 0, ["never passes"]
+
+    gated_fallback(never, net, xs, (), True, False)
+    assert len(calls) == MAX_FALLBACK_ROUNDS + 1  # bounded even when keeping layers float never helps
+    err = gate_error("m onnx/int8", ["agreement too low"], "somewhere", None, kept)
+    assert "misses its accuracy budget (agreement too low) on somewhere; worst layers: n/a" in str(err)

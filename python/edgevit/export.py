@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,38 @@ def _lower(backend, model, io_specs, precision, calib: list[np.ndarray] | None, 
     return backend.export(request)
 
 
+def gated_fallback(attempt: Callable[[list[str]], tuple[Any, list[str]]], friendly: torch.nn.Module,
+                   calib_inputs: list[Any] | None, keep_float: tuple[str, ...], retry: bool,
+                   progress: bool) -> tuple[Any, list[str], list[dict[str, Any]], list[Any] | None]:
+    """Lower-measure-retry: ``attempt(kept module names)`` lowers and measures, returning (fidelity, gate
+    failures). While it fails and ``retry`` (an int8 export with a gate), the 2**round modules with the lowest
+    emulated int8 SQNR (:func:`layer_sensitivity` on ``friendly``, computed once) are kept float and it runs
+    again, at most :data:`MAX_FALLBACK_ROUNDS` more times. Returns (fidelity, failures, kept [{name, why}],
+    sensitivity or None)."""
+    kept: list[dict[str, Any]] = [{"name": n, "why": "requested"} for n in keep_float]
+    sensitivity = None
+    for round_ in range(MAX_FALLBACK_ROUNDS + 1):
+        fid, failures = attempt([k["name"] for k in kept])
+        if not failures or not retry or round_ == MAX_FALLBACK_ROUNDS:
+            break
+        if sensitivity is None:
+            sensitivity = layer_sensitivity(friendly, calib_inputs[:8], calib_inputs[8:12] or calib_inputs[:2],
+                                            progress=progress)
+        worst = [s for s in sorted(sensitivity, key=lambda s: s.sqnr_db) if s.name not in {k["name"] for k in kept}]
+        for s in worst[: 2**round_]:
+            kept.append({"name": s.name, "why": f"gate failed ({'; '.join(failures)}); "
+                                                f"emulated int8 SQNR {s.sqnr_db:.1f} dB is among the lowest"})
+    return fid, failures, kept, sensitivity
+
+
+def gate_error(what: str, failures: list[str], where: str, sensitivity: list[Any] | None,
+               kept: list[dict[str, Any]]) -> GateError:
+    """The one-line error of an artifact that still misses its budget after :func:`gated_fallback`."""
+    worst = ", ".join(s.name for s in sorted(sensitivity or [], key=lambda s: s.sqnr_db)[:3])
+    return GateError(f"{what}: misses its accuracy budget ({'; '.join(failures)}) on {where}; worst layers: "
+                     f"{worst or 'n/a'}; use --keep-float or --no-gate", keep_float=tuple(k["name"] for k in kept))
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst`` so that ``dst`` is never half-written (old content replaced at the end)."""
     backup = None
@@ -140,32 +173,22 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        kept: list[dict[str, Any]] = [{"name": n, "why": "requested"} for n in keep_float]
-        sensitivity = None
-        for round_ in range(MAX_FALLBACK_ROUNDS + 1):
-            result = _lower(backend, friendly, (inputs, outputs), precision, calib_inputs, [k["name"] for k in kept],
-                            tmp, regions)
-            artifact = tmp / f"model{backend.extension}"
+        artifact = tmp / f"model{backend.extension}"
+        lowered: dict[str, ExportResult] = {}
+
+        def attempt(kept_names: list[str]) -> tuple[Fidelity, list[str]]:
+            lowered["result"] = _lower(backend, friendly, (inputs, outputs), precision, calib_inputs, kept_names,
+                                       tmp, regions)
             provisional = Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs,
                                    outputs, contract.to_dict(), {})
-            runner = backend.load(artifact, provisional, threads)
-            fid = task.measure(TorchRunner(model), runner, contract, fid_set)
-            failures = (gate or task.default_gate()).failures(fid)
-            if not failures or gate is None or precision != "int8" or round_ == MAX_FALLBACK_ROUNDS:
-                break
-            if sensitivity is None:
-                sensitivity = layer_sensitivity(friendly, calib_inputs[:8], calib_inputs[8:12] or calib_inputs[:2],
-                                                progress=progress)
-            worst = [s for s in sorted(sensitivity, key=lambda s: s.sqnr_db) if s.name not in {k["name"] for k in kept}]
-            for s in worst[: 2**round_]:
-                kept.append({"name": s.name, "why": f"gate failed ({'; '.join(failures)}); "
-                                                    f"emulated int8 SQNR {s.sqnr_db:.1f} dB is among the lowest"})
+            fid = task.measure(TorchRunner(model), backend.load(artifact, provisional, threads), contract, fid_set)
+            return fid, (gate or task.default_gate()).failures(fid)
+
+        fid, failures, kept, sensitivity = gated_fallback(attempt, friendly, calib_inputs, keep_float,
+                                                          gate is not None and precision == "int8", progress)
+        result = lowered["result"]
         if failures and gate is not None:
-            worst_names = ", ".join(s.name for s in sorted(sensitivity or [], key=lambda s: s.sqnr_db)[:3])
-            raise GateError(
-                f"{model_id} {format}/{precision}: misses its accuracy budget ({'; '.join(failures)}) on "
-                f"{fid_set.source}; worst layers: {worst_names or 'n/a'}; use --keep-float or --no-gate",
-                keep_float=tuple(k["name"] for k in kept))
+            raise gate_error(f"{model_id} {format}/{precision}", failures, fid_set.source, sensitivity, kept)
         manifest = _final_manifest(model_id, format, precision, artifact, (inputs, outputs), contract, result, subs,
                                    fid, gate or task.default_gate(), failures, calib_set, fid_set, kept, sensitivity,
                                    weights, regions)

@@ -31,11 +31,10 @@ import torch
 
 from .. import io, processing
 from ..errors import EdgevitError
-from ..export import MAX_FALLBACK_ROUNDS, GateError, _replace_dir, _tool_versions
+from ..export import GateError, _replace_dir, _tool_versions, gate_error, gated_fallback
 from ..lowering.base import ExportRequest, ExportResult, IOSpec, get_backend
 from ..manifest import MANIFEST_NAME, Manifest, read_folder_manifest, sha256_file, verify_component, write_manifest
 from ..quantize.calibration import load_image_set
-from ..quantize.sensitivity import layer_sensitivity
 from .evaluate import open_sam_dataset
 from .fidelity import FloatReference, MaskAgreement, MaskGate
 from .predictor import Predictor
@@ -226,43 +225,36 @@ def export_sam(
         dec_runner = backend.load(dec_path, Manifest(name, format, decoder_precision, dec_path.name, "", 0,
                                                      *dec_io, contract_dict, {}), threads)
         runners.append(dec_runner)
-        kept: list[dict[str, Any]] = [{"name": n, "why": "requested"} for n in keep_float]
-        sensitivity = None
-        for round_ in range(MAX_FALLBACK_ROUNDS + 1):
+        live: dict[str, Any] = {}
+
+        def attempt(kept_names: list[str]) -> tuple[Any, list[str]]:
             if progress:
-                print(f"export-sam: lowering the image encoder ({format}/{precision}, attempt {round_ + 1})", flush=True)
-            enc_runner = pair = None  # release the previous attempt's program before its file is rewritten
+                print(f"export-sam: lowering the image encoder ({format}/{precision}, {len(kept_names)} kept float)",
+                      flush=True)
+            live.clear()  # release the previous attempt's program before its file is rewritten
             runners[1:] = []
             gc.collect()
-            enc_result = _lower(backend, enc_friendly, *enc_io, precision, calib_inputs, [k["name"] for k in kept],
-                                enc_path)
+            live["result"] = _lower(backend, enc_friendly, *enc_io, precision, calib_inputs, kept_names, enc_path)
             enc_runner = backend.load(enc_path, Manifest(name, format, precision, enc_path.name, "", 0, *enc_io,
                                                          contract_dict, {}), threads)
             runners.append(enc_runner)
-            pair = SamArtifacts(tmp, {"model_id": name, "format": format,
-                                      "components": {"encoder": {"precision": precision}}},
-                                enc_runner, dec_runner, contract)
-            fid = reference.measure(Predictor(pair))
-            failures = (gate or MaskGate()).failures(fid)
+            live["pair"] = SamArtifacts(tmp, {"model_id": name, "format": format,
+                                              "components": {"encoder": {"precision": precision}}},
+                                        enc_runner, dec_runner, contract)
+            fid = reference.measure(Predictor(live["pair"]))
             if progress:
                 print(f"export-sam: {fid.summary()}", flush=True)
-            if not failures or gate is None or precision != "int8" or round_ == MAX_FALLBACK_ROUNDS:
-                break
-            if sensitivity is None:
-                sensitivity = layer_sensitivity(enc_friendly, calib_inputs[:8], calib_inputs[8:12] or calib_inputs[:2],
-                                                progress=progress)
-            worst = [x for x in sorted(sensitivity, key=lambda x: x.sqnr_db) if x.name not in {k["name"] for k in kept}]
-            for x in worst[: 2**round_]:
-                kept.append({"name": x.name, "why": f"gate failed ({'; '.join(failures)}); "
-                                                    f"emulated int8 SQNR {x.sqnr_db:.1f} dB is among the lowest"})
+            return fid, (gate or MaskGate()).failures(fid)
+
+        fid, failures, kept, sensitivity = gated_fallback(attempt, enc_friendly, calib_inputs, keep_float,
+                                                          gate is not None and precision == "int8", progress)
+        enc_result = live["result"]
         if failures and gate is not None:
-            worst_names = ", ".join(x.name for x in sorted(sensitivity or [], key=lambda x: x.sqnr_db)[:3])
-            raise GateError(f"{name} {format}/{precision} (decoder {decoder_precision}): misses its accuracy budget "
-                            f"({'; '.join(failures)}) on {len(gate_set)} instances of {eval_data}; worst layers: "
-                            f"{worst_names or 'n/a'}; use --keep-float or --no-gate",
-                            keep_float=tuple(k["name"] for k in kept))
+            raise gate_error(f"{name} {format}/{precision} (decoder {decoder_precision})", failures,
+                             f"{len(gate_set)} instances of {eval_data}", sensitivity, kept)
         runners.clear()
-        del enc_runner, dec_runner, pair
+        live.clear()
+        del dec_runner
         gc.collect()
         top = _write_folder(tmp, name, format, precision, decoder_precision, contract_dict, contract,
                             (enc_path, enc_io, enc_result, enc_subs), (dec_path, dec_io, dec_result, dec_subs,
