@@ -63,14 +63,14 @@ def _sha(path: Path | None) -> str:
 
 
 def _model_stamp(model_id: str) -> str:
-    """sha256 of the weights, the model's source file and the export rewrites: a cached artifact is reused only
-    while all hold."""
+    """sha256 of the weights, the model's source file and every lowering source (rewrites, backends, quantizers): a
+    cached artifact is reused only while all hold."""
     import inspect
 
-    from edgevit.lowering import rewrite
+    from edgevit import lowering
 
     source = Path(inspect.getsourcefile(type(edgevit.create_model(model_id))))
-    parts = (_weights(model_id), source, Path(inspect.getsourcefile(rewrite)))
+    parts = (_weights(model_id), source, *sorted(Path(inspect.getsourcefile(lowering)).parent.glob("*.py")))
     return hashlib.sha256("".join(_sha(p) for p in parts).encode()).hexdigest()
 
 

@@ -4,7 +4,7 @@
 
 Exports the model (trained weights from models/weights/) to fp32 ONNX at its tile, quantizes it the way
 ``edgevit export --format onnx --precision int8`` does (per-channel symmetric weights, symmetric per-tensor
-activations with percentile ranges, on real photos that are not Set5), and measures mean PSNR-Y on Set5 (tiled by the contract)
+activations, MinMax on real photos that are not Set5), and measures mean PSNR-Y on Set5 (tiled by the contract)
 for: all int8; the declared float region (``SuperResolutionTask.float_regions``: global skip + output tail);
 the skip float only; and the region with each of its tail tensors quantized again one at a time (the marginal
 cost of that one quantizer). ``--sweep`` also removes every activation Q/DQ pair of the all-int8 graph one at a

@@ -7,16 +7,17 @@ convolutions by the exporter's optimizer.
 
 int8: the fp32 graph quantized by ``onnxruntime.quantization.quantize_static`` in QDQ form, calibrated on real
 pre-processed samples (one feed dict per sample, every input named): weights int8 symmetric per output channel,
-activations int8 symmetric per tensor (every zero point 0) with the range at the 99.99th percentile of |x|
-(:data:`CALIB_PERCENTILE`; MinMax let rare outliers stretch every step: trained B0-VOC pixel agreement with float
-on the 14 VOC photos 98.37% → 99.23% and logits SQNR 21.4 → 27.3 dB, on the README demo's 8 scikit-image photos
-93.05% → 96.62%; EfficientViT-SR ×2 Set5 drop 0.020 → 0.029 dB, both far inside its 0.1 dB gate), biases
-left in float (TensorRT's ONNX parser rejects the int32 bias DequantizeLinear onnxruntime would otherwise insert;
-onnxruntime quantizes float biases itself when it fuses a QDQ Conv). Products of two activations (``MatMul`` with no constant operand: the LiteMLA attention
-``kᵀv`` and ``q(kᵀv)``) are excluded from quantization, so their outputs are never re-quantized (their
+activations int8 symmetric per tensor (every zero point 0) with MinMax ranges. (Ranges at the 99.99th
+percentile of |x| measured better for segmentation — trained B0-VOC on the 14 VOC photos 98.37% → 99.23% pixel
+agreement, logits SQNR 21.4 → 27.3 dB; the README demo's photos 93.05% → 96.62% — and slightly worse for SR,
+Set5 ×2 drop 0.020 → 0.029 dB; but onnxruntime's histogram calibrator keeps every intermediate output of every
+sample in memory: 24 GB and killed at a 480×640 SR tile. It needs a streaming calibrator first.) Biases are
+left in float (TensorRT's ONNX parser rejects the int32 bias DequantizeLinear onnxruntime would otherwise
+insert; onnxruntime quantizes float biases itself when it fuses a QDQ Conv). Products of two activations
+(``MatMul`` with no constant operand: the LiteMLA attention ``kᵀv`` and ``q(kᵀv)``) are excluded from quantization, so their outputs are never re-quantized (their
 inputs may still arrive through a neighbour's Q/DQ pair): with int8 attention products the trained B0-VOC
 checkpoint fell to 85% pixel agreement with float on VOC photos, and without them reached 98.3% (mIoU drop
-0.0; both with MinMax ranges). Softmax outputs (attention probabilities, e.g. the SAM decoder's) are not re-quantized for the same
+0.0). Softmax outputs (attention probabilities, e.g. the SAM decoder's) are not re-quantized for the same
 reason (the two-input attention toy of tests/test_lowering_multiio.py: held-out cosine to float of its
 scores 0.965 with int8 probabilities, 0.999 without). That is
 TensorRT's explicit-quantization format: TensorRT builds int8 engines from it
@@ -57,7 +58,6 @@ from .float_region import onnx_float_nodes, region_modules, unquantize_float_inp
 if TYPE_CHECKING:
     from ..manifest import Manifest
 
-CALIB_PERCENTILE = 99.99  # activation range: this percentile of |x| over the calibration samples
 OPSET = 18  # the dynamo exporter's native opset: converting down drops the node metadata keep_float needs
 INPUT_NAME, OUTPUT_NAME = "image", "logits"  # the single-image request's names
 # ONNX TensorProto element type -> our dtype name (onnx.TensorProto.FLOAT, INT32, INT64)
@@ -272,9 +272,8 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
             quant.quantize_static(
                 str(fp32_path), str(out), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
                 activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
-                calibrate_method=quant.CalibrationMethod.Percentile, nodes_to_exclude=excluded or None,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                               "CalibPercentile": CALIB_PERCENTILE})
+                calibrate_method=quant.CalibrationMethod.MinMax, nodes_to_exclude=excluded or None,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
         except Exception as exc:
             raise EdgevitError(f"{fp32_path}: int8 QDQ quantization failed ({type(exc).__name__}: "
                                f"{_first_line(exc)})") from exc
@@ -403,7 +402,7 @@ class OnnxBackend:
             "float_ops": "MatMul of two activations (LiteMLA attention products) and Softmax: outputs not "
                          "re-quantized",
             "float_matmuls": len(float_matmuls),
-            "calibration_method": f"percentile {CALIB_PERCENTILE} of |x|",
+            "calibration_method": "MinMax",
             "calibration_count": len(calibration),
             "kept_float_nodes": {name: nodes for name, nodes in kept.items()},  # module -> ONNX node names
             "float_regions": [r.to_dict() for r in request.float_regions],

@@ -9,8 +9,8 @@ int8 keeps a declared float region (:meth:`SuperResolutionTask.float_regions`): 
 skip (the modules that upsample the input image itself) and the output tail (residual + skip sum, clamp).
 Measured (benchmarks/sr_quant_probe.py) on the trained efficientvit-sr-s-x2 (ReLU weights of 14:09), Set5 ×2,
 256 tiles, ONNX QDQ (weights per channel, activations symmetric per tensor, MinMax ranges), PSNR-Y drop vs
-float: all int8 0.154 dB; skip float (weights, compute) 0.138 dB; skip and tail float 0.018 dB (with the
-99.99th-percentile ranges the backend uses now: 0.225 / 0.193 / 0.029 dB). Marginal cost of int8 on one
+float: all int8 0.154 dB; skip float (weights, compute) 0.138 dB; skip and tail float 0.018 dB (with
+99.99th-percentile ranges instead: 0.225 / 0.193 / 0.029 dB). Marginal cost of int8 on one
 tensor of the region, the rest float: the image as the skip reads it 0.082 dB (that probe also quantizes the
 stem's input), the skip's output 0.059 dB, the residual conv's output and its pixel shuffle 0.026 dB each, the
 sum 0.025 dB. (hswish weights before: 0.153 / 0.129 / 0.020 dB.) Why: these tensors carry the whole image
