@@ -1,14 +1,14 @@
-"""The eager sampler's reuse of per-step constants and in-place KV cache (EagerPrograms, CachedNet,
-CachedDenoiser) gives bit-identical tokens and images to the plain module calls — the static-shape step
-that is exported (cache concatenated in and out), uncached level/rotary inputs, the uncached diffusion MLP
-and DiT — for the same seeds, including when one programs object is reused across conditions."""
+"""The eager sampler's reuse of per-step constants and in-place KV cache (EagerPrograms, CachedEmbeddings
+for the diffusion MLP and the DiT) gives bit-identical tokens and images to the plain module calls — the
+static-shape step that is exported (cache concatenated in and out), uncached level/rotary inputs, the
+uncached diffusion MLP and DiT — for the same seeds, including when one programs object is reused across conditions."""
 
 import pytest
 import torch
 
 from edgevit.hart import HartModel, SamplerSettings, get_config
 from edgevit.hart.configs import with_overrides
-from edgevit.hart.diffusion import CachedNet
+from edgevit.hart.diffusion import CachedEmbeddings
 from edgevit.hart.dit import DiT, get_dit_config
 from edgevit.hart.export import generate_one
 from edgevit.hart.sampler import EagerPrograms, generate
@@ -92,7 +92,7 @@ def test_step_inplace_equals_exported_step(model):
 
 def test_cached_diffusion_net_and_dit_denoiser_match(model):
     g = torch.Generator().manual_seed(0)
-    net, cached = model.diffusion.net, CachedNet(model.diffusion.net)
+    net, cached = model.diffusion.net, CachedEmbeddings.of(model.diffusion.net)
     c1, c2 = torch.randn(6, 32, generator=g), torch.randn(6, 32, generator=g)
     with torch.inference_mode():
         for c, step in [(c1, 999), (c1, 0), (c2, 999), (c1, 500)]:

@@ -143,25 +143,32 @@ class ResidualMLP(nn.Module):
         return self.final_layer(h, y)
 
 
-class CachedNet:
-    """``net(x, t, c)`` of a frozen :class:`ResidualMLP` for sampling, with the per-step constants reused:
-    the step embedding per distinct ``t`` (by value, kept across calls) and the condition embedding of the
-    last ``c`` (by identity: :meth:`ResidualDiffusion.sample` passes the same z at every step). Same
-    outputs as ``net``; build a new one after the weights change."""
+class CachedEmbeddings:
+    """``net(x, t, c)`` of a frozen denoiser of the form ``embedded(x, time_embed(t) + cond_embed(c))`` (the
+    residual-diffusion MLP, the DiT baseline) for sampling, with the per-step constants reused: the step
+    embedding per distinct ``t`` (by value, kept across calls) and the condition embedding of the last ``c``
+    (by identity: the samplers pass the same tensor at every step). Same outputs as ``net``; build a new one
+    after the weights change."""
 
-    def __init__(self, net: ResidualMLP):
-        self.net = net
+    def __init__(self, time_embed: Callable[[torch.Tensor], torch.Tensor],
+                 cond_embed: Callable[[torch.Tensor], torch.Tensor],
+                 embedded: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.time_embed, self.cond_embed, self.embedded = time_embed, cond_embed, embedded
         self._t: dict[bytes, torch.Tensor] = {}
         self._c: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def of(cls, net: ResidualMLP) -> CachedEmbeddings:
+        return cls(net.time_embed, net.cond_embed, net.embedded)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         key = t.numpy().tobytes()
         te = self._t.get(key)
         if te is None:
-            te = self._t[key] = self.net.time_embed(t)
+            te = self._t[key] = self.time_embed(t)
         if self._c is None or self._c[0] is not c:
-            self._c = (c, self.net.cond_embed(c))
-        return self.net.embedded(x, te + self._c[1])
+            self._c = (c, self.cond_embed(c))
+        return self.embedded(x, te + self._c[1])
 
 
 def _normal_kl(m1, lv1, m2, lv2):
@@ -201,7 +208,7 @@ class ResidualDiffusion(nn.Module):
         """Residual vectors N×Cz for conditions z. With ``guidance`` not None, z is 2N×C (conditional
         rows first, unconditional second), both halves share the noise and ε is guided. ``net`` replaces the
         eager MLP (e.g. an exported program with the same signature)."""
-        net = net or CachedNet(self.net)
+        net = net or CachedEmbeddings.of(self.net)
         s = self.sample_schedule
         guided = guidance is not None
         n = z.shape[0] // 2 if guided else z.shape[0]

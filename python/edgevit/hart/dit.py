@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import EdgevitError
 from ..registry import Registry
 from .configs import HartConfig, get_config
-from .diffusion import cosine_betas
+from .diffusion import CachedEmbeddings, cosine_betas
 from .layers import TimestepEmbedder
 from .tokenizer import HybridTokenizer
 
@@ -205,9 +205,9 @@ class DiT(nn.Module):
         mse = F.mse_loss(self(xt, t, labels), noise)
         return {"loss": mse, "mse": mse}
 
-    def denoiser(self) -> CachedDenoiser:
-        """``self(x, t, labels)`` for sampling with frozen weights, the per-step constants reused."""
-        return CachedDenoiser(self)
+    def denoiser(self) -> CachedEmbeddings:
+        """``self(x, t, labels)`` for sampling with frozen weights, the step and label embeddings reused."""
+        return CachedEmbeddings(self.t_embed, self.y_embed, self.embedded)
 
     def sample_latents(self, labels: torch.Tensor, generator: torch.Generator, cfg: float = 0.0,
                        steps: int | None = None, eps_fn=None) -> torch.Tensor:
@@ -244,26 +244,6 @@ class DiT(nn.Module):
         with torch.inference_mode():
             images = self.tokenizer.decode(latent)
         return images.clone()
-
-
-class CachedDenoiser:
-    """``dit(x, t, labels)`` of a frozen :class:`DiT` with the step embedding kept per distinct ``t`` (by value,
-    across calls) and the label embedding of the last ``labels`` (by identity: the sampler passes the same
-    tensor at every step). Same outputs as ``dit``; build a new one after the weights change."""
-
-    def __init__(self, dit: DiT):
-        self.dit = dit
-        self._t: dict[bytes, torch.Tensor] = {}
-        self._y: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        key = t.numpy().tobytes()
-        te = self._t.get(key)
-        if te is None:
-            te = self._t[key] = self.dit.t_embed(t)
-        if self._y is None or self._y[0] is not labels:
-            self._y = (labels, self.dit.y_embed(labels))
-        return self.dit.embedded(x, te + self._y[1])
 
 
 def save_dit(model: DiT, path: str | Path) -> Path:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from .diffusion import CachedNet
+from .diffusion import CachedEmbeddings
 from .model import HartModel
 from .transformer import Condition, StepConstants
 
@@ -96,7 +96,7 @@ class EagerPrograms:
         self.upsample_scale, self.next_input = q.upsample_scale, q.next_input
         self.diffusion_condition = model.diffusion_condition
         self.decode = model.tokenizer.decode
-        self.net = CachedNet(model.diffusion.net)
+        self.net = CachedEmbeddings.of(model.diffusion.net)
         self._memo: dict[tuple, object] = {}
         self._consts: tuple[torch.Tensor, torch.Tensor, StepConstants] | None = None
 

@@ -285,9 +285,7 @@ class HartTransformer(nn.Module):
         :meth:`Attention.qkv_bias` precomputed (same values). Returns (hidden B×l×C, logits B×l×V, new
         cache). Raises EdgevitError on cache overflow.
         """
-        n, cap = x.shape[1], cache.shape[-2]
-        self.check_capacity(start, n, cap)
-        mask = torch.where(torch.arange(cap)[None, :] < start + n, 0.0, NEG).expand(n, cap)
+        mask = self.cache_mask(start, x.shape[1], cache.shape[-2])
         layers = []
         for i, blk in enumerate(self.blocks):
             x, kv = blk(x, pooled, cos, sin, mask, cache=cache[i], start=start,
@@ -295,11 +293,13 @@ class HartTransformer(nn.Module):
             layers.append(kv)
         return x, self.head(self.head_nm(x, pooled_head)), torch.stack(layers)
 
-    def check_capacity(self, start: int, n: int, cap: int) -> None:
-        """Raise EdgevitError if ``n`` new tokens after ``start`` cached ones exceed ``cap`` slots."""
+    def cache_mask(self, start: int, n: int, cap: int) -> torch.Tensor:
+        """Additive n×cap mask letting ``n`` new tokens after ``start`` cached ones attend to slots
+        [0, start + n); raises EdgevitError when they exceed the ``cap`` slots."""
         if start + n > cap:
             raise EdgevitError(f"KV cache overflow: {start} cached + {n} new tokens > capacity {cap}; "
                                f"allocate at least {self.seq_len} slots")
+        return torch.where(torch.arange(cap)[None, :] < start + n, 0.0, NEG).expand(n, cap)
 
     def step_constants(self, pooled: torch.Tensor, pooled_head: torch.Tensor) -> StepConstants:
         """What :meth:`step_inplace` reuses at every scale of one generation (frozen weights)."""
@@ -314,9 +314,7 @@ class HartTransformer(nn.Module):
         :meth:`step_constants` and keys/values are written into ``cache`` in place (no concatenation and
         restacking of the whole cache). Returns (hidden B×l×C, logits B×l×V); ``cache`` now holds slots
         [0, start + l)."""
-        n, cap = x.shape[1], cache.shape[-2]
-        self.check_capacity(start, n, cap)
-        mask = torch.where(torch.arange(cap)[None, :] < start + n, 0.0, NEG).expand(n, cap)
+        mask = self.cache_mask(start, x.shape[1], cache.shape[-2])
         for i, blk in enumerate(self.blocks):
             x = blk.step_inplace(x, consts.blocks[i], cos, sin, mask, cache[i], start, consts.biases[i])
         scale1, shift = consts.head
