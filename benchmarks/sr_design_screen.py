@@ -22,6 +22,7 @@ import torch
 import edgevit
 from edgevit.lowering.base import ExportRequest, get_backend
 from edgevit.lowering.rewrite import export_friendly
+from edgevit.manifest import Manifest
 from edgevit.models.efficientvit_sr import VARIANTS, EfficientViTSR, SRConfig
 from edgevit.models.profile import count_macs
 
@@ -38,26 +39,15 @@ CONFIGS: dict[str, SRConfig] = {
 
 
 def _runner(fmt: str, model: torch.nn.Module, shape: tuple[int, ...], folder: Path, threads: int):
-    """Export ``model`` fp32 to ``fmt`` and return a numpy callable over the raw runtime."""
-    art = folder / f"m.{fmt}"
-    get_backend(fmt).export(ExportRequest(model, shape, "fp32", art))
-    if fmt == "pte":
-        from executorch.runtime import Runtime
-
-        method = Runtime.get().load_program(str(art)).load_method("forward")
-        return lambda x: method.execute([torch.from_numpy(x)])[0]
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(art), num_threads=threads)
-    it.allocate_tensors()
-    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-
-    def run(x):
-        it.set_tensor(i, x)
-        it.invoke()
-        return it.get_tensor(o)
-
-    return run
+    """Export ``model`` fp32 to ``fmt`` and load it with that backend's own runner (1×3×h×w → 1×3×2h×2w)."""
+    backend = get_backend(fmt)
+    art = folder / f"model{backend.extension}"
+    backend.export(ExportRequest(model, shape, "fp32", art))
+    io_spec = lambda name, s: [{"name": name, "shape": list(s), "dtype": "float32", "layout": "NCHW"}]  # noqa: E731
+    out_shape = (*shape[:2], 2 * shape[2], 2 * shape[3])
+    manifest = Manifest("sr-design-screen", fmt, "fp32", art.name, "", art.stat().st_size, io_spec("image", shape),
+                        io_spec("logits", out_shape), {}, {})
+    return backend.load(art, manifest, threads)
 
 
 def main() -> int:
