@@ -41,7 +41,7 @@ from edgevit.hart.export import generate_one  # noqa: E402
 from edgevit.hart.model import HartModel  # noqa: E402
 from edgevit.hart.profile import _macs, generation_macs  # noqa: E402
 from edgevit.hart.quality import feature_distance  # noqa: E402
-from edgevit.hart.sampler import SamplerSettings  # noqa: E402
+from edgevit.hart.sampler import SamplerSettings, resolve_guidance  # noqa: E402
 from edgevit.hart.samples import image_grid  # noqa: E402
 from edgevit.hart.train import photo_crops  # noqa: E402
 from edgevit.io import write_json, write_png, write_text  # noqa: E402
@@ -82,7 +82,7 @@ class DiTGen:
 
 def hart_info(model: HartModel, cfg: float) -> dict:
     macs = generation_macs(model)
-    k = 2 if cfg else 1
+    k = 2 if resolve_guidance(model.cfg.guidance_distilled, cfg) else 1
     return {"params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("tokenizer.")),
             "macs": k * (macs["transformer"] + macs["diffusion"]) + macs["decoder"],
             "steps": f"{len(model.transformer.patch_nums)} AR + {model.cfg.diffusion.sample_steps} diff"}

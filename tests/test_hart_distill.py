@@ -76,3 +76,58 @@ def test_incompatible_student_and_bad_arguments(teacher, tmp_path, capsys):
     assert main(["distill-hart", "--teacher", str(teacher), "--student", "hart-tinyy",
                  "--out", str(tmp_path / "y"), "--steps", "1"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_guided_kd_targets_mix_both_teacher_branches_per_scale(teacher):
+    """With guidance g the token target is, scale by scale, (1 + t_k)·cond − t_k·uncond (the sampler's mix),
+    recomputed here independently from the two teacher-forced branches."""
+    import torch.nn.functional as F
+
+    from edgevit.hart.sampler import guidance_ramp
+
+    t = load_folder(teacher)
+    copy = Distiller(load_folder(teacher), t.cfg.transformer.embed_dim)
+    x, y = photo_crops(16, "train", per_class=1)
+    plain = kd_losses(t, copy, x, y, torch.Generator().manual_seed(0), 2.0, 0.0, guidance=0.0)
+    guided = kd_losses(t, copy, x, y, torch.Generator().manual_seed(0), 2.0, 0.0, guidance=1.5)
+    assert float(plain["kl"]) < 1e-6
+    assert float(guided["kl"]) > 1e-4 and float(guided["diffusion"]) > 1e-8  # the copy has only the cond branch
+    tt = t.transformer
+    with torch.no_grad():
+        c = t.teacher_forced(x, tt.condition_from_labels(y), final_tokens="target").logits
+        u = t.teacher_forced(x, tt.condition_from_labels(tt.null_labels(len(y))), final_tokens="target").logits
+    parts, pos = [], 0
+    for pn, w in zip(tt.patch_nums, guidance_ramp(1.5, len(tt.patch_nums))):
+        parts.append((1 + w) * c[:, pos:pos + pn * pn] - w * u[:, pos:pos + pn * pn])
+        pos += pn * pn
+    target = torch.cat(parts, 1).reshape(-1, c.shape[-1])
+    expect = F.kl_div(F.log_softmax(c.reshape(-1, c.shape[-1]) / 2, -1), F.log_softmax(target / 2, -1),
+                      log_target=True, reduction="batchmean") * 4
+    torch.testing.assert_close(guided["kl"].detach(), expect, rtol=1e-5, atol=1e-7)
+
+
+def test_guidance_distilled_student_samples_with_one_branch(teacher, tmp_path):
+    from edgevit.hart.artifacts import config_from_dict
+    from edgevit.hart.sampler import EagerPrograms, SamplerSettings, generate
+
+    path = distill_hart(teacher, STUDENT, "skimage", tmp_path / "g", steps=2, guidance=1.5, **KW)
+    student = load_folder(path).eval()
+    assert student.cfg.guidance_distilled == 1.5
+    assert config_from_dict(student.cfg.to_dict()).guidance_distilled == 1.5
+    rows = []
+
+    class Spy(EagerPrograms):
+        def step(self, x, *args):
+            rows.append(x.shape[0])
+            return super().step(x, *args)
+
+    t = student.transformer
+    lab = torch.tensor([3])
+    cond, null = t.condition_from_labels(lab), t.condition_from_labels(t.null_labels(1))
+    a = generate(Spy(student), cond, null, SamplerSettings(cfg=1.5), torch.Generator().manual_seed(5))
+    b = generate(Spy(student), cond, None, SamplerSettings(cfg=0.0), torch.Generator().manual_seed(5))
+    assert set(rows) == {1} and torch.equal(a.images, b.images)
+    with pytest.raises(EdgevitError, match="distilled into its weights"):
+        generate(Spy(student), cond, null, SamplerSettings(cfg=3.0), torch.Generator().manual_seed(5))
+    with pytest.raises(EdgevitError, match="already has guidance distilled"):
+        distill_hart(path, STUDENT, "skimage", tmp_path / "g2", steps=1, guidance=1.5, **KW)

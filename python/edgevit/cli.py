@@ -198,7 +198,7 @@ def _cmd_distill_hart(a: argparse.Namespace) -> None:
     from .hart.distill import distill_hart
 
     print(distill_hart(a.teacher, a.student, a.data, a.out, a.steps, batch=a.batch, lr=a.lr, temperature=a.temperature,
-                       hidden_weight=a.hidden_weight, seed=a.seed))
+                       hidden_weight=a.hidden_weight, seed=a.seed, guidance=a.guidance))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=5e-4)
     s.add_argument("--temperature", type=float, default=2.0)
     s.add_argument("--hidden-weight", type=float, default=0.0, help="weight of hidden-state matching (0 = off)")
+    s.add_argument("--guidance", type=float, default=0.0,
+                   help="distill classifier-free guidance at this scale into the student (0 = off; the student "
+                        "then samples with one branch)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_cmd_distill_hart)
 

@@ -53,7 +53,8 @@ def config_from_dict(data: dict[str, Any]) -> HartConfig:
         return HartConfig(name=data["name"], image_size=int(data["image_size"]),
                           tokenizer=build(TokenizerConfig, data["tokenizer"]),
                           transformer=build(TransformerConfig, data["transformer"]),
-                          diffusion=build(DiffusionConfig, data["diffusion"]), notes=data.get("notes", ""))
+                          diffusion=build(DiffusionConfig, data["diffusion"]), notes=data.get("notes", ""),
+                          guidance_distilled=float(data.get("guidance_distilled", 0.0)))
     except (KeyError, TypeError) as exc:
         raise EdgevitError(f"HART config in manifest is incomplete ({exc!r}); re-export") from None
 
@@ -78,6 +79,7 @@ class ArtifactPrograms:
     def __init__(self, host: HartModel, runners: dict[str, Any], batch: int, starts: list[int]):
         eager = EagerPrograms(host)  # host pieces only; step, residual and decode are the runners'
         self.model, self.patch_nums = host, eager.patch_nums
+        self.guidance_distilled = eager.guidance_distilled
         self.prefix_inputs, self.scale_inputs, self.code_vectors = eager.prefix_inputs, eager.scale_inputs, eager.code_vectors
         self.upsample_scale, self.next_input = eager.upsample_scale, eager.next_input
         self.diffusion_condition = eager.diffusion_condition

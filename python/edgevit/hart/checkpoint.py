@@ -141,8 +141,10 @@ def folder_config(folder: str | Path) -> HartConfig:
     tcfg, dcfg, pns = transformer_configs(folder / "llm" / "config.json")
     if pns != tok.patch_nums:
         raise EdgevitError(f"{folder}: llm patch_nums {list(pns)} differ from tokenizer v_patch_nums {list(tok.patch_nums)}")
+    extra = _read_json(folder / "edgevit.json") if (folder / "edgevit.json").is_file() else {}
     return HartConfig(name=f"upstream:{folder.name}", image_size=tok.patch_nums[-1] * tok.downsample,
-                      tokenizer=tok, transformer=tcfg, diffusion=dcfg)
+                      tokenizer=tok, transformer=tcfg, diffusion=dcfg,
+                      guidance_distilled=float(extra.get("guidance_distilled", 0.0)))
 
 
 def read_folder_weights(sub: Path) -> dict[str, torch.Tensor]:
@@ -261,7 +263,8 @@ def save_folder(model: HartModel, folder: str | Path) -> Path:
         (tmp / sub).mkdir()
         (tmp / sub / "config.json").write_text(json.dumps(js, indent=2) + "\n")
         save_file(tensors[sub], str(tmp / sub / "model.safetensors"))
-    (tmp / "edgevit.json").write_text(json.dumps({"config": cfg.name, "image_size": cfg.image_size}) + "\n")
+    extra = {"config": cfg.name, "image_size": cfg.image_size, "guidance_distilled": cfg.guidance_distilled}
+    (tmp / "edgevit.json").write_text(json.dumps(extra) + "\n")
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)

@@ -91,6 +91,9 @@ class HartConfig:
     transformer: TransformerConfig
     diffusion: DiffusionConfig
     notes: str = ""
+    # > 0: classifier-free guidance at this scale (with its ramp over scales) is distilled into the
+    # conditional branch, so the sampler runs one branch (batch B, not 2B); see edgevit.hart.distill
+    guidance_distilled: float = 0.0
 
     def __post_init__(self) -> None:
         tok = self.tokenizer
@@ -105,6 +108,8 @@ class HartConfig:
                 f"HART config {self.name!r}: embed_dim {t.embed_dim} / num_heads {t.num_heads} must be a "
                 "multiple of 4 (2-D rotary positions use a quarter of each head per axis and frequency)"
             )
+        if self.guidance_distilled < 0:
+            raise EdgevitError(f"HART config {self.name!r}: guidance_distilled must be >= 0")
         if (t.num_classes > 0) == (t.context_dim > 0):
             raise EdgevitError(f"HART config {self.name!r}: set exactly one of num_classes or context_dim")
 

@@ -35,7 +35,7 @@ from ..manifest import MANIFEST_NAME, Manifest, sha256_file, write_manifest
 from .artifacts import HOST_FILE, KIND, TOP_VERSION, ArtifactPrograms, component_names, host_state
 from .contract import GenContract
 from .model import HartModel
-from .sampler import EagerPrograms, Generated, Programs, SamplerSettings, generate
+from .sampler import EagerPrograms, Generated, Programs, SamplerSettings, generate, resolve_guidance
 from .transformer import ScaleStep
 
 GATE_SEEDS = (0, 1)
@@ -239,7 +239,7 @@ def export_hart(model: HartModel | str | Path, format: str, out: str | Path, pre
     gate = default_gate(precision) if gate == "default" else gate
     labels = list(range(min(4, cfg.transformer.num_classes))) if labels is None else list(labels)
     contract = GenContract.from_config(cfg)
-    batch = 2 if settings.cfg != 0 else 1
+    batch = 2 if resolve_guidance(cfg.guidance_distilled, settings.cfg) != 0 else 1
     specs, starts = program_specs(contract, batch), step_starts(contract)
     modules: dict[str, nn.Module] = {f"step_{si}": ScaleStep(model.transformer, s) for si, s in enumerate(starts)}
     modules["diffusion"], modules["decoder"] = DiffusionStep(model.diffusion.net), Decode(model.tokenizer)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from ..errors import EdgevitError
 from .diffusion import CachedEmbeddings
 from .model import HartModel
 from .transformer import Condition, StepConstants
@@ -64,9 +65,12 @@ class SamplerSettings:
 
 
 class Programs(Protocol):
-    """What the host loop needs. Shapes: B (doubled under CFG), C model width, Cz latent channels."""
+    """What the host loop needs. Shapes: B (doubled under CFG), C model width, Cz latent channels.
+    ``guidance_distilled`` > 0: the model's conditional branch already samples the guided distribution of
+    that scale (:func:`resolve_guidance`)."""
 
     patch_nums: tuple[int, ...]
+    guidance_distilled: float
 
     def prefix_inputs(self, cond: Condition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def scale_inputs(self, si: int, latent_in: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, ...]: ...
@@ -91,6 +95,7 @@ class EagerPrograms:
         self.model = model
         t, q = model.transformer, model.tokenizer.quantize
         self.transformer, self.patch_nums = t, t.patch_nums
+        self.guidance_distilled = model.cfg.guidance_distilled
         self.empty_cache = t.empty_cache
         self.code_vectors = q.embedding
         self.upsample_scale, self.next_input = q.upsample_scale, q.next_input
@@ -151,15 +156,28 @@ def generate(programs: Programs, cond: Condition, uncond: Condition | None, sett
     return Generated(g.images.clone(), [t.clone() for t in g.tokens], g.discrete.clone(), g.residual.clone())
 
 
+def resolve_guidance(guidance_distilled: float, cfg: float) -> float:
+    """The guidance scale the host loop applies: ``cfg`` for an ordinary model; 0 for a model with guidance
+    distilled in (asking for its own scale, or 0, runs its single conditional branch). Any other scale
+    raises: the distilled model has no unconditional branch to mix."""
+    if guidance_distilled <= 0:
+        return cfg
+    if cfg not in (0.0, guidance_distilled):
+        raise EdgevitError(f"this HART model has classifier-free guidance {guidance_distilled:g} distilled into its "
+                           f"weights; sample it with cfg {guidance_distilled:g} (or 0), not {cfg:g}")
+    return 0.0
+
+
 def _generate(programs: Programs, cond: Condition, uncond: Condition | None, settings: SamplerSettings,
               generator: torch.Generator) -> Generated:
     pns = programs.patch_nums
-    guided = settings.cfg != 0.0
+    cfg = resolve_guidance(getattr(programs, "guidance_distilled", 0.0), settings.cfg)
+    guided = cfg != 0.0
     if guided and uncond is None:
         raise ValueError("classifier-free guidance needs an unconditional condition")
     full = cond.cat(uncond) if guided else cond
     b = cond.tokens.shape[0]
-    ramp = guidance_ramp(settings.cfg, len(pns)) if guided else [0.0] * len(pns)
+    ramp = guidance_ramp(cfg, len(pns)) if guided else [0.0] * len(pns)
     x, cos, sin = programs.prefix_inputs(full)
     cache = programs.empty_cache(full.tokens.shape[0])
     start, acc, tokens = 0, None, []
