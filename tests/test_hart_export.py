@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgevit import processing
 from edgevit.errors import EdgevitError
 from edgevit.hart.artifacts import load_hart_artifacts
 from edgevit.hart.checkpoint import save_folder
@@ -149,9 +150,56 @@ def test_int8_keeps_tokens_and_falls_back_to_fp32_when_the_budget_fails(checkpoi
     assert "lowering diffusion (onnx/int8)" in log and first, log
     assert float(first[1]) == 100.0  # the steps stay fp32 and nothing int8 feeds the sampling
     assert 15 < float(first[2]) < 90  # int8 changes the residual (not bit-exact) but stays close
+    assert re.search(r"quality proxy [\d.]+x eager fp32's", log), log  # int8 gates also measure the proxy
     comps, fid = top["components"], top["fidelity"]
     assert comps["step_0"]["precision"] == "fp32" and fid["gate_result"] == "passed" and fid["psnr_min_db"] >= 90
+    assert fid["quality_ratio"] == pytest.approx(1.0, abs=1e-6)  # both programs reverted to fp32
     for name in ("diffusion", "decoder"):
         assert comps[name]["precision"] == "fp32" and any("int8" in n for n in comps[name]["notes"])
     arts = load_hart_artifacts(tmp_path / "q")
     assert arts.programs.runners["decoder"].manifest.precision == "fp32"
+
+
+def test_quality_ratio_is_one_for_eager_and_flags_a_drifted_decoder(checkpoint):
+    """The int8 gate's quality proxy: 1.0 for the eager programs themselves, well above the 1.05 budget for
+    programs whose decoder output drifts (a colour cast of 0.3 on the [-1, 1] range)."""
+    from edgevit.hart.checkpoint import load_folder
+    from edgevit.hart.export import GenFidelity, GenGate, quality_ratio
+
+    model = load_folder(checkpoint).eval()
+    s = SamplerSettings(cfg=1.5)
+
+    class Drifted(EagerPrograms):
+        def __init__(self, m):
+            super().__init__(m)
+            decode = self.decode
+            self.decode = lambda latent: (decode(latent) + torch.tensor([0.3, 0.0, -0.3])[:, None, None]).clamp(-1, 1)
+
+    assert quality_ratio(EagerPrograms(model), EagerPrograms(model), model, s, [0, 5]) == pytest.approx(1.0)
+    bad = quality_ratio(EagerPrograms(model), Drifted(model), model, s, [0, 5])
+    assert bad > 1.05
+    failures = GenGate().failures(GenFidelity(16, 1.0, 60.0, 0.01, bad))
+    assert len(failures) == 1 and "quality proxy" in failures[0]
+
+
+def test_guidance_distilled_model_exports_one_row_per_image(tmp_path):
+    """A model with guidance distilled in exports batch-1 step programs and samples them with its own scale."""
+    from dataclasses import replace
+
+    from edgevit.hart.generate import generate_images
+
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    torch.set_num_threads(1)
+    model = tiny_model()
+    model.cfg = replace(model.cfg, guidance_distilled=1.5)
+    ckpt = save_folder(model, tmp_path / "g")
+    top = export_hart(ckpt, "onnx", tmp_path / "art", labels=[1])
+    arts = load_hart_artifacts(tmp_path / "art")
+    assert top["fidelity"]["token_agreement"] == 1.0 and arts.programs.batch == 1
+    assert arts.programs.guidance_distilled == 1.5
+    paths = generate_images(tmp_path / "png", 1, artifacts=tmp_path / "art", cfg=1.5)
+    eager = generate_one(EagerPrograms(model), model, 1, 0, SamplerSettings(cfg=1.5))
+    assert np.abs(read_image(paths[0]).astype(int)
+                  - processing.signed_to_image(eager.images[0].numpy()).astype(int)).max() <= 1
+    with pytest.raises(EdgevitError, match="distilled into its weights"):
+        generate_images(tmp_path / "png", 1, artifacts=tmp_path / "art", cfg=3.0)

@@ -10,7 +10,9 @@ temporary folder next to ``out`` and rename it into place.
 Precision: the transformer steps stay fp32 (int8 logits would change the sampled tokens); ``precision``
 applies to the diffusion MLP and the decoder, which do not feed back into the token sampling, so the
 gate can demand identical tokens at every precision and bound the image error by PSNR. int8 calibrates
-on the inputs those programs see while the eager model generates (seeds disjoint from the gate's).
+on the inputs those programs see while the eager model generates (seeds disjoint from the gate's), and its
+gate adds the quality proxy (:func:`quality_ratio`): the random-CNN Fréchet distance of the artifact's samples
+may exceed eager fp32's by at most 5%.
 """
 
 from __future__ import annotations
@@ -100,10 +102,12 @@ class GenFidelity:
     token_agreement: float
     psnr_min_db: float
     max_abs_diff: float
+    quality_ratio: float | None = None  # quality proxy artifact / eager fp32 (int8 only; :func:`quality_ratio`)
 
     def summary(self) -> str:
+        q = "" if self.quality_ratio is None else f", quality proxy {self.quality_ratio:.3f}x eager fp32's"
         return (f"tokens {100 * self.token_agreement:.2f}% equal, image PSNR >= {self.psnr_min_db:.1f} dB, "
-                f"max |diff| {self.max_abs_diff:.2e} over {self.images} images")
+                f"max |diff| {self.max_abs_diff:.2e} over {self.images} images{q}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class GenGate:
 
     min_token_agreement: float = 1.0
     min_psnr_db: float = 40.0
+    max_quality_ratio: float = 1.05  # applies when the fidelity carries a quality ratio (int8)
 
     def failures(self, fid: GenFidelity) -> list[str]:
         out = []
@@ -119,6 +124,8 @@ class GenGate:
             out.append(f"token agreement {100 * fid.token_agreement:.2f}% < {100 * self.min_token_agreement:.2f}%")
         if fid.psnr_min_db < self.min_psnr_db:
             out.append(f"image PSNR {fid.psnr_min_db:.1f} dB < {self.min_psnr_db:.1f} dB")
+        if fid.quality_ratio is not None and fid.quality_ratio > self.max_quality_ratio:
+            out.append(f"quality proxy {fid.quality_ratio:.3f}x eager fp32's > {self.max_quality_ratio:.2f}x")
         return out
 
 
@@ -134,8 +141,32 @@ def generate_one(programs: Programs, model: HartModel, label: int, seed: int, se
     return generate(programs, t.condition_from_labels(lab), t.condition_from_labels(t.null_labels(1)), settings, gen)
 
 
+QUALITY_SEEDS = range(100, 108)  # candidate and eager fp32 samples (per label)
+QUALITY_REFERENCE_SEEDS = range(200, 208)  # the eager fp32 reference set (per label)
+
+
+def quality_ratio(reference: Programs, candidate: Programs, model: HartModel, settings: SamplerSettings,
+                  labels: list[int]) -> float:
+    """Quality proxy of ``candidate`` relative to eager ``reference``: random-CNN Fréchet distance
+    (:mod:`edgevit.hart.quality`) of the candidate's samples over that of the reference's samples for the
+    same seeds, both against a reference set of eager fp32 samples with disjoint seeds (the export has no
+    real images; the proxy asks whether the artifact's samples sit as close to the model's own distribution
+    as eager fp32's do). 8 images per label. > 1 means the artifact's samples drifted."""
+    from .quality import feature_distance
+
+    def images(programs: Programs, seeds) -> torch.Tensor:
+        return torch.cat([generate_one(programs, model, label, seed, settings).images for label in labels
+                          for seed in seeds])
+
+    ref = images(reference, QUALITY_REFERENCE_SEEDS)
+    base = feature_distance(images(reference, QUALITY_SEEDS), ref)
+    return feature_distance(images(candidate, QUALITY_SEEDS), ref) / max(base, 1e-12)
+
+
 def measure(reference: Programs, candidate: Programs, model: HartModel, settings: SamplerSettings,
-            labels: list[int], seeds: tuple[int, ...] = GATE_SEEDS) -> GenFidelity:
+            labels: list[int], seeds: tuple[int, ...] = GATE_SEEDS, quality: bool = False) -> GenFidelity:
+    """Tokens and images of ``candidate`` vs ``reference`` for the same seeds; with ``quality`` also
+    :func:`quality_ratio`."""
     same = total = 0
     psnrs, worst = [], 0.0
     for seed in seeds:
@@ -148,7 +179,8 @@ def measure(reference: Programs, candidate: Programs, model: HartModel, settings
             mse = float((a.images - b.images).pow(2).mean())
             psnrs.append(PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * float(np.log10(4.0 / mse))))
             worst = max(worst, float((a.images - b.images).abs().max()))
-    return GenFidelity(len(psnrs), same / total, min(psnrs), worst)
+    ratio = quality_ratio(reference, candidate, model, settings, labels) if quality else None
+    return GenFidelity(len(psnrs), same / total, min(psnrs), worst, ratio)
 
 
 def _io(specs, dims: dict[str, int]) -> list[dict[str, Any]]:
@@ -278,7 +310,9 @@ def export_hart(model: HartModel | str | Path, format: str, out: str | Path, pre
             result, prec, runners[name] = lower(name, precision if name in ("diffusion", "decoder") else "fp32",
                                                 tmp / name)
             results[name] = (result, prec)
-        fid = measure(EagerPrograms(model), ArtifactPrograms(model, runners, batch, starts), model, settings, labels)
+        quality = precision == "int8"
+        fid = measure(EagerPrograms(model), ArtifactPrograms(model, runners, batch, starts), model, settings, labels,
+                      quality=quality)
         failures = budget.failures(fid)
         if progress:
             print(f"export-hart: {fid.summary()}", flush=True)
@@ -291,7 +325,7 @@ def export_hart(model: HartModel | str | Path, format: str, out: str | Path, pre
                 alt.setdefault(n, lower(n, "fp32", tmp / f".{n}-fp32"))
             trial = {**runners, **{n: alt[n][2] for n in revert}}
             fid2 = measure(EagerPrograms(model), ArtifactPrograms(model, trial, batch, starts), model, settings,
-                           labels)
+                           labels, quality=quality)
             if progress:
                 print(f"export-hart: with {', '.join(revert)} fp32: {fid2.summary()}", flush=True)
             if not budget.failures(fid2):
@@ -358,4 +392,4 @@ def _write_folder(tmp: Path, model: HartModel, format, precision, contract: GenC
     return top
 
 
-__all__ = ["export_hart", "measure", "GenFidelity", "GenGate", "DiffusionStep", "Decode"]
+__all__ = ["export_hart", "measure", "quality_ratio", "GenFidelity", "GenGate", "DiffusionStep", "Decode"]

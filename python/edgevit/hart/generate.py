@@ -32,7 +32,7 @@ def generate_images(out: str | Path, label: int, artifacts: str | Path | None = 
 
         loaded = load_hart_artifacts(artifacts, threads)
         host, programs, settings = loaded.model, loaded.programs, loaded.settings
-        if cfg not in (None, 0.0) and programs.batch < 2:
+        if cfg not in (None, 0.0) and programs.batch < 2 and not programs.guidance_distilled:
             raise EdgevitError(f"{artifacts}: exported without guidance (1 row per image); cfg {cfg} needs a "
                                "re-export with guidance on")
     else:
