@@ -181,7 +181,8 @@ def _cmd_train_sr(a: argparse.Namespace) -> None:
 def _cmd_generate(a: argparse.Namespace) -> None:
     from .hart.generate import generate_images
 
-    for path in generate_images(a.out, a.class_, a.artifacts, a.model, a.seed, a.count, a.cfg, progress=False):
+    for path in generate_images(a.out, a.class_, a.artifacts, a.model, a.seed, a.count, a.cfg, progress=False,
+                                prompt=a.prompt, text_encoder=a.text_encoder):
         print(path)
 
 
@@ -319,10 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_sr_arguments(s)
     s.set_defaults(fn=_cmd_train_sr)
 
-    s = sub.add_parser("generate", help="HART: class-conditional images (PNGs) from exported programs or a checkpoint")
+    s = sub.add_parser("generate", help="HART: images (PNGs) of a class or a prompt from exported programs or a checkpoint")
     s.add_argument("--artifacts", help="folder written by export-hart")
     s.add_argument("--model", help="HART checkpoint folder (llm/ + tokenizer/), run eagerly")
-    s.add_argument("--class", dest="class_", type=int, required=True)
+    s.add_argument("--class", dest="class_", type=int, help="class label (class-conditional models)")
+    s.add_argument("--prompt", help="text prompt (text-conditioned models; needs --text-encoder)")
+    s.add_argument("--text-encoder", help="KIND:PATH: hf:FOLDER (local transformers model) or npz:FILE (precomputed)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--count", type=int, default=1)
     s.add_argument("--cfg", type=float, help="guidance scale (default: the exported setting)")

@@ -38,7 +38,7 @@ from .artifacts import HOST_FILE, KIND, TOP_VERSION, ArtifactPrograms, component
 from .contract import GenContract
 from .model import HartModel
 from .sampler import EagerPrograms, Generated, Programs, SamplerSettings, generate, resolve_guidance
-from .transformer import ScaleStep
+from .transformer import Condition, ScaleStep
 
 GATE_SEEDS = (0, 1)
 CALIB_SEEDS = (100, 101, 102, 103)
@@ -133,12 +133,26 @@ def default_gate(precision: str) -> GenGate:
     return GenGate(min_psnr_db=40.0 if precision == "fp32" else 25.0)
 
 
-def generate_one(programs: Programs, model: HartModel, label: int, seed: int, settings: SamplerSettings) -> Generated:
-    """One class-conditional image with ``programs`` (host pieces from ``model``), seeded."""
+GATE_CONTEXT_SEED = 7000  # text-conditioned models: gate "label" i is the seeded random context of seed 7000 + i
+
+
+def gate_conditions(model: HartModel, label: int) -> tuple[Condition, Condition]:
+    """(cond, uncond) for gate/calibration input ``label``: the class and the null label for class-conditional
+    models; for text-conditioned ones a seeded N(0, 1) context (1×K×D) and the all-zero context, so an export
+    needs no text encoder (the gate compares artifact and eager on the same inputs, any inputs will do)."""
     t = model.transformer
-    lab = torch.tensor([label], dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
-    return generate(programs, t.condition_from_labels(lab), t.condition_from_labels(t.null_labels(1)), settings, gen)
+    if t.cfg.num_classes > 0:
+        return t.condition_from_labels(torch.tensor([label])), t.condition_from_labels(t.null_labels(1))
+    g = torch.Generator().manual_seed(GATE_CONTEXT_SEED + label)
+    ctx = torch.randn(1, t.prefix_len, t.cfg.context_dim, generator=g)
+    return t.condition_from_context(ctx), t.condition_from_context(torch.zeros_like(ctx))
+
+
+def generate_one(programs: Programs, model: HartModel, label: int, seed: int, settings: SamplerSettings) -> Generated:
+    """One image of gate input ``label`` (:func:`gate_conditions`) with ``programs`` (host pieces from
+    ``model``), seeded."""
+    cond, uncond = gate_conditions(model, label)
+    return generate(programs, cond, uncond, settings, torch.Generator().manual_seed(seed))
 
 
 QUALITY_SEEDS = range(100, 108)  # candidate and eager fp32 samples (per label)
@@ -259,17 +273,16 @@ def export_hart(model: HartModel | str | Path, format: str, out: str | Path, pre
     """Export ``model`` (a :class:`HartModel` or a checkpoint folder) to ``format`` (pte | tflite | onnx) into
     the folder ``out``; ``precision`` (fp32 | int8) applies to the diffusion MLP and the decoder. ``settings``:
     the sampler defaults stored in the manifest and used by the gate (CFG on -> 2 step rows per image).
-    ``labels``: classes the gate generates (default: up to 4). Returns the top-level manifest."""
+    ``labels``: gate inputs (:func:`gate_conditions`: classes, or seeded contexts of a text-conditioned model;
+    default: up to 4). Returns the top-level manifest."""
     backend = get_backend(format)
     if precision not in ("fp32", "int8") or precision not in backend.precisions:
         raise EdgevitError(f"{format}: HART precision {precision!r} is not supported; choose fp32 or int8")
     model, weights = resolve_model(model)
     cfg = model.cfg
-    if cfg.transformer.num_classes <= 0:
-        raise EdgevitError(f"{cfg.name}: HART export gates class-conditional models; text-conditioned export "
-                           "is not built yet")
     gate = default_gate(precision) if gate == "default" else gate
-    labels = list(range(min(4, cfg.transformer.num_classes))) if labels is None else list(labels)
+    n_inputs = cfg.transformer.num_classes if cfg.transformer.num_classes > 0 else 4
+    labels = list(range(min(4, n_inputs))) if labels is None else list(labels)
     contract = GenContract.from_config(cfg)
     batch = 2 if resolve_guidance(cfg.guidance_distilled, settings.cfg) != 0 else 1
     specs, starts = program_specs(contract, batch), step_starts(contract)
