@@ -91,7 +91,9 @@ def main() -> int:
         m = arts.manifest
         results.append(bench(f"{m['format']} {m['precision']}", arts.programs, arts.model, arts.settings, a.label,
                              a.runs, reference=EagerPrograms(model)))
-    print(f"{model.cfg.name}, one image, CFG on, threads {a.threads}, median of {a.runs} runs (ms)")
+    g = model.cfg.guidance_distilled
+    mode = f"guidance {g:g} distilled (one branch)" if g else "CFG 1.5 (two branches)"
+    print(f"{model.cfg.name}, one image, {mode}, threads {a.threads}, median of {a.runs} runs (ms)")
     print("| program | total | AR steps | diffusion (8) | decoder | host | images/s | tokens vs eager |")
     print("|---|---|---|---|---|---|---|---|")
     for name, med, ok in results:
