@@ -102,7 +102,7 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
     from edgevit.export import GateError
     from edgevit.sam import Predictor
     from edgevit.sam.evaluate import open_sam_dataset
-    from edgevit.sam.export import export_sam, load_sam_artifacts
+    from edgevit.sam.export import DECODER_INPUTS, export_sam, load_sam_artifacts
 
     inst = open_sam_dataset(args.eval_data, limit=1)[0]
     image = io.read_image(inst.image)
@@ -128,12 +128,14 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
         x = processing.sam_image_to_input(image, s, art.contract.mean, art.contract.std)[0]
         pred = Predictor(art)
         pred.set_image(image)
-        names = ("embeddings", "coords", "labels", "mask_input", "has_mask_input")
-        feed = dict(zip(names, (pred.embeddings, *pred.prompt_arrays(box=inst.box))))
+        feed = dict(zip(DECODER_INPUTS, (*pred.image_state, *pred.prompt_arrays(box=inst.box))))
         agreement = top["fidelity"]["mask_miou_vs_float"]
         table.append(Row(f"{model_id} encoder", f"{fmt} {prec}", f"1x3x{s}x{s}", 0,
                          lambda e=art.encoder, x=x: e.run({"image": x}), args.runs,
                          size_mb=c["encoder"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))
+        table.append(Row(f"image context ({folder.name}, once per image)", f"{fmt} fp32", "1x256x64x64", 0,
+                         lambda r=art.context, e=pred.embeddings: r.run({"embeddings": e}), args.decoder_runs,
+                         size_mb=c["context"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))
         table.append(Row(f"prompt decoder ({folder.name})", f"{fmt} {c['decoder']['precision']}",
                          f"{art.contract.max_points} prompt slots + mask", 0,
                          lambda d=art.decoder, f=feed: d.run(f), args.decoder_runs,

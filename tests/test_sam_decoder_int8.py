@@ -32,27 +32,33 @@ def _inputs(with_box: bool) -> tuple[torch.Tensor, ...]:
 def decoder():
     torch.manual_seed(0)
     eager = PromptDecoder(PromptEncoder(), MaskDecoder()).eval()
-    friendly, _ = friendly_decoder(eager, _inputs(True))
-    return eager, friendly
+    friendly, context, _ = friendly_decoder(eager, _inputs(True))
+    return eager, friendly, context
+
+
+def _with_context(x: tuple, context) -> tuple:
+    """Eager decoder inputs → the export decoder's (image_context after the embeddings)."""
+    with torch.inference_mode():
+        return (x[0], context(x[0]), *x[1:])
 
 
 @pytest.fixture(scope="module")
 def graph(decoder):
-    return torch.export.export(decoder[1], _inputs(True)).module().graph
+    return torch.export.export(decoder[1], _with_context(_inputs(True), decoder[2])).module().graph
 
 
 @pytest.mark.parametrize("with_box", [True, False])
 def test_friendly_decoder_with_its_float_modules_equals_eager(decoder, with_box):
-    eager, friendly = decoder
+    eager, friendly, context = decoder
     x = _inputs(with_box)
     with torch.inference_mode():
-        (em, ei), (fm, fi) = eager(*x), friendly(*x)
+        (em, ei), (fm, fi) = eager(*x), friendly(*_with_context(x, context))
     torch.testing.assert_close(fm, em, atol=1e-4 * float(em.abs().max()), rtol=0)
     torch.testing.assert_close(fi, ei, atol=1e-4, rtol=0)
 
 
 def test_region_covers_prompt_arithmetic_and_every_softmax(decoder):
-    _, friendly = decoder
+    _, friendly, _ = decoder
     (region,) = decoder_float_regions(friendly)
     softmaxes = [n for n, m in friendly.named_modules() if isinstance(m, AttentionSoftmax)]
     assert len(softmaxes) == 7  # 2 blocks x 3 attentions + the final token-to-image attention

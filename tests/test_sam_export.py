@@ -90,12 +90,16 @@ def test_folder_layout_and_top_manifest_tie_the_components(pte_folder):
     saved = json.loads((out / "manifest.json").read_text())
     assert saved == json.loads(json.dumps(top))
     assert saved["task"] == "promptable-segmentation" and saved["model_id"] == "tiny-sam-test"
-    enc, dec = saved["components"]["encoder"], saved["components"]["decoder"]
+    enc, ctx, dec = (saved["components"][k] for k in ("encoder", "context", "decoder"))
     assert enc["artifact"] == "encoder/model.pte" and dec["artifact"] == "decoder/model.pte"
+    assert ctx["artifact"] == "context/model.pte" and ctx["precision"] == "fp32"
     assert [i["shape"] for i in enc["inputs"]] == [[1, 3, 256, 256]]
-    assert [i["shape"] for i in dec["inputs"]] == [[1, 256, 64, 64], [1, 16, 2], [1, 16], [1, 1, 256, 256], [1]]
+    assert [i["shape"] for i in ctx["inputs"]] == [[1, 256, 64, 64]]
+    assert [o["shape"] for o in ctx["outputs"]] == [[1, 4096, 384]]
+    assert [i["shape"] for i in dec["inputs"]] == [[1, 256, 64, 64], [1, 4096, 384], [1, 16, 2], [1, 16],
+                                                   [1, 1, 256, 256], [1]]
     assert [o["shape"] for o in dec["outputs"]] == [[1, 4, 256, 256], [1, 4]]
-    for comp in (enc, dec):
+    for comp in (enc, ctx, dec):
         m = json.loads((out / comp["path"] / "manifest.json").read_text())
         assert m["sha256"] == comp["sha256"] and m["precision"] == "fp32"
     assert saved["fidelity"]["gate_result"] == "passed" and saved["fidelity"]["mask_miou_vs_float"] > 99
@@ -103,11 +107,14 @@ def test_folder_layout_and_top_manifest_tie_the_components(pte_folder):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
-def _assert_decoder_matches(dec, dec_in, tiny, rel: float) -> None:
-    names = ("embeddings", "coords", "labels", "mask_input", "has_mask_input")
+def _assert_decoder_matches(dec, ctx, dec_in, tiny, rel: float) -> None:
+    """The context and decoder artifacts together reproduce the eager prompt decoder on ``dec_in``."""
+    from edgevit.sam.export import DECODER_INPUTS
+
     with torch.inference_mode():
         ref_masks, ref_iou = (t.numpy() for t in tiny.prompt_decoder(*(torch.from_numpy(a) for a in dec_in)))
-    y = dec.run(dict(zip(names, dec_in)))
+    image_context = ctx.run({"embeddings": dec_in[0]})["image_context"]
+    y = dec.run(dict(zip(DECODER_INPUTS, (dec_in[0], image_context, *dec_in[1:]))))
     np.testing.assert_allclose(y["masks"], ref_masks, atol=rel * np.abs(ref_masks).max())
     np.testing.assert_allclose(y["iou"], ref_iou, atol=rel * np.abs(ref_iou).max())
 
@@ -122,7 +129,13 @@ def test_artifacts_match_eager(tiny, exported, shared_data, fmt):
     with torch.inference_mode():
         ref = tiny.image_encoder(x).numpy()
     np.testing.assert_allclose(enc.run({"image": x.numpy()})["embeddings"], ref, atol=1e-4)
-    _assert_decoder_matches(load_artifact(out / "decoder", threads=1), dec_in, tiny, 1e-4)
+    _assert_decoder_matches(load_artifact(out / "decoder", threads=1), load_artifact(out / "context", threads=1),
+                            dec_in, tiny, 1e-4)
+    # with a mask input too (its embedding enters block 0's precomputed projections by linearity)
+    masked = (*dec_in[:3], np.random.default_rng(0).normal(0, 4, dec_in[3].shape).astype(np.float32),
+              np.ones(1, np.float32))
+    _assert_decoder_matches(load_artifact(out / "decoder", threads=1), load_artifact(out / "context", threads=1),
+                            masked, tiny, 1e-4)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -231,9 +244,10 @@ def test_int8_encoder_is_calibrated_on_photos_and_measured(tiny, shared_data, tm
     assert top["fidelity"]["gate_result"].startswith(("passed", "failed, written with --no-gate"))
     art = load_sam_artifacts(out, threads=1)
     _, _, x, _ = _real_inputs(tiny, shared_data)
-    emb = art.encode(x.numpy())
+    emb, image_context = art.encode(x.numpy())
+    assert image_context.shape == (1, 4096, 384)
     with torch.inference_mode():
         ref = tiny.image_encoder(x).numpy()
     cos = float((emb * ref).sum() / np.linalg.norm(emb) / np.linalg.norm(ref))
     assert 0.9 < cos < 1 - 1e-7, cos  # int8: close to float, not bit-identical (random weights, 3 photos)
-    _assert_decoder_matches(art.decoder, _real_inputs(tiny, shared_data)[3], tiny, 1e-4)  # fp32 decoder next to it
+    _assert_decoder_matches(art.decoder, art.context, _real_inputs(tiny, shared_data)[3], tiny, 1e-4)  # fp32 decoder

@@ -89,6 +89,20 @@ class SamContract:
         )
 
     @property
+    def context_outputs(self) -> tuple[TensorSpec, ...]:
+        """The artifact pipeline's per-image decoder state (``context`` component: embeddings → this)."""
+        e, k = self.embed_size, 3 * (self.embed_dim // 2)
+        return (TensorSpec("image_context", ("N", e * e, k), "float32", "NTC",
+                           "image-token projections of the decoder's first block (token->image keys | values | "
+                           "image->token queries), weights only"),)
+
+    @property
+    def decoder_artifact_inputs(self) -> tuple[TensorSpec, ...]:
+        """The exported decoder's inputs: :attr:`decoder_inputs` with ``image_context`` after ``embeddings``."""
+        emb, *prompts = self.decoder_inputs
+        return (emb, *self.context_outputs, *prompts)
+
+    @property
     def decoder_outputs(self) -> tuple[TensorSpec, ...]:
         m, k = self.mask_size, NUM_MASK_TOKENS
         return (TensorSpec("masks", ("N", k, m, m), "float32", "NCHW", "logits; 0: single-mask, 1..3: multimask"),
@@ -101,6 +115,9 @@ class SamContract:
             "task": self.task,
             "encoder": {"inputs": specs(self.encoder_inputs), "outputs": specs(self.encoder_outputs)},
             "decoder": {"inputs": specs(self.decoder_inputs), "outputs": specs(self.decoder_outputs)},
+            "artifacts": {"context": {"inputs": specs(self.encoder_outputs), "outputs": specs(self.context_outputs)},
+                          "decoder": {"inputs": specs(self.decoder_artifact_inputs),
+                                      "outputs": specs(self.decoder_outputs)}},
             "normalization": {"scale": 1.0, "mean": list(self.mean), "std": list(self.std), "color": "RGB"},
             "resize": {"kind": "LongestSide", "size": self.image_size, "interpolation": "bilinear-antialias",
                        "pad": "zeros bottom-right, after normalization"},

@@ -1,13 +1,17 @@
-"""``edgevit export`` for EfficientViT-SAM: one folder with two artifacts tied by a top-level manifest.
+"""``edgevit export`` for EfficientViT-SAM: one folder with three artifacts tied by a top-level manifest.
 
 Layout of ``out``::
 
-    manifest.json        model id, task, both components (relative paths, sha256), SAM contract and
+    manifest.json        model id, task, the components (relative paths, sha256), SAM contract and
                          prompt-slot rules, measured mask fidelity and the gate verdict, tool versions
     encoder/             model.<ext> + manifest.json: image float32 1×3×S×S → embeddings 1×256×64×64
-    decoder/             model.<ext> + manifest.json: embeddings, coords 1×P×2, labels 1×P (float32:
-                         1 fg, 0 bg, 2/3 box corners, -1 padding), mask_input 1×1×256×256,
+    context/             model.<ext> + manifest.json (always fp32): embeddings → image_context 1×4096×384,
+                         the decoder's per-image work (:class:`~edgevit.sam.rewrite.ImageContext`)
+    decoder/             model.<ext> + manifest.json: embeddings, image_context, coords 1×P×2, labels 1×P
+                         (float32: 1 fg, 0 bg, 2/3 box corners, -1 padding), mask_input 1×1×256×256,
                          has_mask_input 1 → masks 1×4×256×256, iou 1×4
+
+Per image the pipeline runs encoder then context; per prompt only the decoder.
 
 Steps: build the float model; rewrite encoder and decoder into export-friendly forms
 (:mod:`edgevit.sam.rewrite`); lower the decoder (fp32 unless asked otherwise) and the encoder (int8
@@ -43,7 +47,7 @@ from .rewrite import decoder_float_regions, friendly_decoder, friendly_encoder
 CALIBRATION_IMAGES = 16
 EVAL_INSTANCES = 8
 KIND = "edgevit-sam-artifacts"
-TOP_VERSION = 1
+TOP_VERSION = 2  # 2: the context component (version-1 folders have no image_context; re-export them)
 SLOT_RULES = ("{p} prompt slots (coords 1x{p}x2 in the {f}-longest-side frame, labels 1x{p}): points first "
               "(label 1 fg, 0 bg), then the box as two corners (labels 2, 3); unused slots have label -1 and "
               "coords 0. Without a box one -1 slot is SAM's 'not a point' token, so at most {np} points "
@@ -59,24 +63,29 @@ def _specs(dicts: list[dict[str, Any]]) -> list[IOSpec]:
     return [IOSpec.from_dict(d) for d in dicts]
 
 
-class SamArtifacts:
-    """The two runners of an exported SAM folder; ``Predictor(artifacts)`` runs them (numpy in, numpy out).
+DECODER_INPUTS = ("embeddings", "image_context", "coords", "labels", "mask_input", "has_mask_input")
 
-    ``encode(x)``: float32 1×3×S×S → 1×256×64×64. ``decode(emb, coords, labels, mask_input, has_mask_input)``
-    → (masks 1×4×256×256, iou 1×4). ``manifest``: the top-level manifest (dict).
+
+class SamArtifacts:
+    """The three runners of an exported SAM folder; ``Predictor(artifacts)`` runs them (numpy in, numpy out).
+
+    ``encode(x)``: float32 1×3×S×S → image state (embeddings 1×256×64×64, image_context 1×4096×384), the
+    encoder then the context program. ``decode(emb, ctx, coords, labels, mask_input, has_mask_input)`` →
+    (masks 1×4×256×256, iou 1×4). ``manifest``: the top-level manifest (dict).
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], encoder: Any, decoder: Any, contract: Any):
-        self.folder, self.manifest, self.encoder, self.decoder, self.contract = folder, manifest, encoder, decoder, contract
+    def __init__(self, folder: Path, manifest: dict[str, Any], encoder: Any, context: Any, decoder: Any,
+                 contract: Any):
+        self.folder, self.manifest, self.contract = folder, manifest, contract
+        self.encoder, self.context, self.decoder = encoder, context, decoder
         self.model_id = f"{manifest['model_id']} ({manifest['format']}/{manifest['components']['encoder']['precision']})"
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return self.encoder.run({"image": x})["embeddings"]
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        emb = self.encoder.run({"image": x})["embeddings"]
+        return emb, self.context.run({"embeddings": emb})["image_context"]
 
     def decode(self, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        names = self.decoder.input_names if hasattr(self.decoder, "input_names") else \
-            ("embeddings", "coords", "labels", "mask_input", "has_mask_input")
-        out = self.decoder.run(dict(zip(names, arrays)))
+        out = self.decoder.run(dict(zip(DECODER_INPUTS, arrays)))
         return out["masks"], out["iou"]
 
     def predictor_functions(self) -> tuple[Any, Any, Any]:
@@ -96,21 +105,22 @@ def _contract_from(data: dict[str, Any], where: str):
 
 
 def load_sam_artifacts(folder: str | Path, threads: int | None = None) -> SamArtifacts:
-    """Load ``folder`` written by :func:`export_sam`: both artifacts' sha256 are checked against the top-level
-    manifest (and against their own manifests), then loaded as runners."""
+    """Load ``folder`` written by :func:`export_sam`: every artifact's sha256 is checked against the top-level
+    manifest (and against its own manifest), then loaded as runners."""
     from ..runtime.base import load_artifact
 
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     top = read_folder_manifest(folder, KIND, TOP_VERSION, "SAM artifact", "edgevit export")
     runners = {}
-    for name in ("encoder", "decoder"):
+    for name in ("encoder", "context", "decoder"):
         comp = top.get("components", {}).get(name)
         if not comp:
             raise EdgevitError(f"{path}: component {name!r} missing; re-export")
         verify_component(folder, comp["artifact"], comp["sha256"], f"{name} artifact")
         runners[name] = load_artifact(folder / comp["path"], threads)
-    return SamArtifacts(folder, top, runners["encoder"], runners["decoder"], _contract_from(top["contract"], str(path)))
+    return SamArtifacts(folder, top, runners["encoder"], runners["context"], runners["decoder"],
+                        _contract_from(top["contract"], str(path)))
 
 
 def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path, regions=()) -> ExportResult:
@@ -131,14 +141,18 @@ def _component_manifest(model_id, format, precision, artifact: Path, io_specs, c
                     fidelity=extra.pop("fidelity", None), weights=str(weights) if weights else None)
 
 
-def _decoder_calibration(model, contract, instances, images) -> list[tuple[np.ndarray, ...]]:
-    """Real decoder inputs: float embeddings of real images with their box and first-click prompts."""
+def _decoder_calibration(model, contract, context, instances, images) -> list[tuple[np.ndarray, ...]]:
+    """Real decoder inputs: float embeddings of real images (and their ``context``) with their box and
+    first-click prompts."""
     predictor = Predictor(model, contract)
     samples = []
     for inst, image in zip(instances, images):
         predictor.set_image(image)
-        samples.append((predictor.embeddings, *predictor.prompt_arrays(box=inst.box)))
-        samples.append((predictor.embeddings, *predictor.prompt_arrays(points=[inst.first_click], labels=[1])))
+        emb = predictor.embeddings
+        with torch.inference_mode():
+            ctx = context(torch.from_numpy(emb)).numpy()
+        samples.append((emb, ctx, *predictor.prompt_arrays(box=inst.box)))
+        samples.append((emb, ctx, *predictor.prompt_arrays(points=[inst.first_click], labels=[1])))
     return samples
 
 
@@ -203,22 +217,31 @@ def export_sam(
     probe = Predictor(model)
     probe.set_image(reference.images[0])
     dec_example = (probe.embeddings, *probe.prompt_arrays(box=gate_set[0].box))
-    dec_friendly, dec_subs = friendly_decoder(model.prompt_decoder, tuple(torch.from_numpy(a) for a in dec_example))
+    dec_friendly, ctx_friendly, dec_subs = friendly_decoder(model.prompt_decoder,
+                                                            tuple(torch.from_numpy(a) for a in dec_example))
     enc_io = (_io(contract.encoder_inputs), _io(contract.encoder_outputs))
-    dec_io = (_io(contract.decoder_inputs), _io(contract.decoder_outputs))
+    ctx_io = (_io(contract.encoder_outputs), _io(contract.context_outputs))
+    dec_io = (_io(contract.decoder_artifact_inputs), _io(contract.decoder_outputs))
     contract_dict = contract.to_dict()
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     dec_path, enc_path = tmp / "decoder" / f"model{backend.extension}", tmp / "encoder" / f"model{backend.extension}"
+    ctx_path = tmp / "context" / f"model{backend.extension}"
     runners: list[Any] = []
     try:
+        if progress:
+            print(f"export-sam: lowering the image context ({format}/fp32)", flush=True)
+        ctx_result = _lower(backend, ctx_friendly, *ctx_io, "fp32", None, (), ctx_path)
+        ctx_runner = backend.load(ctx_path, Manifest(name, format, "fp32", ctx_path.name, "", 0, *ctx_io,
+                                                     contract_dict, {}), threads)
         dec_calib, dec_regions = None, ()
         if decoder_precision == "int8":
             dec_regions = tuple(decoder_float_regions(dec_friendly))
             extra = instances[eval_limit: eval_limit + 8] or gate_set
-            dec_calib = _decoder_calibration(model, contract, extra, [io.read_image(i.image) for i in extra])
+            dec_calib = _decoder_calibration(model, contract, ctx_friendly, extra,
+                                             [io.read_image(i.image) for i in extra])
         if progress:
             print(f"export-sam: lowering the prompt decoder ({format}/{decoder_precision})", flush=True)
         dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path, dec_regions)
@@ -240,7 +263,7 @@ def export_sam(
             runners.append(enc_runner)
             live["pair"] = SamArtifacts(tmp, {"model_id": name, "format": format,
                                               "components": {"encoder": {"precision": precision}}},
-                                        enc_runner, dec_runner, contract)
+                                        enc_runner, ctx_runner, dec_runner, contract)
             fid = reference.measure(Predictor(live["pair"]))
             if progress:
                 print(f"export-sam: {fid.summary()}", flush=True)
@@ -254,11 +277,12 @@ def export_sam(
                              f"{len(gate_set)} instances of {eval_data}", sensitivity, kept)
         runners.clear()
         live.clear()
-        del dec_runner
+        del dec_runner, ctx_runner
         gc.collect()
         top = _write_folder(tmp, name, format, precision, decoder_precision, contract_dict, contract,
-                            (enc_path, enc_io, enc_result, enc_subs), (dec_path, dec_io, dec_result, dec_subs,
-                                                                       dec_regions), fid, gate or MaskGate(), failures, calib_set, kept, sensitivity, eval_data, weights)
+                            (enc_path, enc_io, enc_result, enc_subs), (ctx_path, ctx_io, ctx_result, []),
+                            (dec_path, dec_io, dec_result, dec_subs, dec_regions), fid, gate or MaskGate(), failures,
+                            calib_set, kept, sensitivity, eval_data, weights)
         _replace_dir(tmp, out)
     finally:
         runners.clear()
@@ -266,7 +290,7 @@ def export_sam(
     return top
 
 
-def _write_folder(tmp: Path, name, format, precision, decoder_precision, contract_dict, contract, enc, dec,
+def _write_folder(tmp: Path, name, format, precision, decoder_precision, contract_dict, contract, enc, ctx, dec,
                   fid: MaskAgreement, gate: MaskGate, failures, calib_set, kept, sensitivity, eval_data,
                   weights) -> dict[str, Any]:
     verdict = "passed" if not failures else "failed, written with --no-gate: " + "; ".join(failures)
@@ -275,7 +299,7 @@ def _write_folder(tmp: Path, name, format, precision, decoder_precision, contrac
                 "reference": "eager PyTorch fp32 through the same Predictor", "gate": gate.to_dict(),
                 "gate_result": verdict}
     components: dict[str, Any] = {}
-    for comp, (path, io_specs, result, subs, *regions), prec in (("encoder", enc, precision),
+    for comp, (path, io_specs, result, subs, *regions), prec in (("encoder", enc, precision), ("context", ctx, "fp32"),
                                                                   ("decoder", dec, decoder_precision)):
         extra: dict[str, Any] = {"fidelity": {"measured_as": "the encoder+decoder pipeline, see ../manifest.json",
                                               "mask_miou_vs_float": round(fid.miou, 3), "gate_result": verdict}}
@@ -300,6 +324,7 @@ def _write_folder(tmp: Path, name, format, precision, decoder_precision, contrac
         "contract": {**contract_dict, "prompt_slots": SLOT_RULES.format(p=p, f=contract.prompt_frame, np=p - 1,
                                                                         nb=p - 2),
                      "label_dtype": "float32 (values -1, 0, 1, 2, 3)"},
+        "pipeline": "per image: encoder, then context (embeddings -> image_context); per prompt: decoder",
         "fidelity": fidelity, "tool_versions": _tool_versions(enc[2]) | {"decoder_" + k: v for k, v in
                                                                           dec[2].tool_versions.items()},
         "weights": str(weights) if weights else None,

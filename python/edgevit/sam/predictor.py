@@ -3,8 +3,9 @@
 The predictor only ever calls two numpy functions with static shapes, so it runs the same on eager
 PyTorch and on exported artifacts:
 
-* encoder: float32 1×3×S×S → float32 1×256×64×64
-* decoder: (embeddings 1×256×64×64, coords 1×P×2, labels 1×P, mask_input 1×1×256×256, has_mask_input 1)
+* encode: float32 1×3×S×S → the image state: embeddings 1×256×64×64, or a tuple starting with them
+  (artifacts add the decoder's per-image ``image_context`` 1×4096×384)
+* decode: (*image state, coords 1×P×2, labels 1×P, mask_input 1×1×256×256, has_mask_input 1)
   → (mask logits 1×4×256×256, IoU 1×4), P = ``contract.max_points`` (16)
 
 Prompt rules (clear errors, never a silent wrong mask):
@@ -29,7 +30,7 @@ import numpy as np
 from .. import processing
 from ..errors import EdgevitError
 
-EncoderFn = Callable[[np.ndarray], np.ndarray]
+EncoderFn = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]]
 DecoderFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
@@ -72,18 +73,24 @@ class Predictor:
             self.encode, self.decode = _torch_functions(model_or_runners)
             contract = contract or model_or_runners.contract
         self.contract = contract
-        self.embeddings: np.ndarray | None = None
+        self.image_state: tuple[np.ndarray, ...] = ()
         self.original_size: tuple[int, int] | None = None
+
+    @property
+    def embeddings(self) -> np.ndarray | None:
+        """The current image's embeddings 1×256×64×64 (None before :meth:`set_image`)."""
+        return self.image_state[0] if self.image_state else None
 
     def set_image(self, image: np.ndarray) -> None:
         """Run the encoder once on ``image`` (uint8 H×W×3 RGB); later ``predict`` calls reuse it."""
         x, _ = processing.sam_image_to_input(image, self.contract.image_size, self.contract.mean, self.contract.std)
-        emb = np.asarray(self.encode(x), dtype=np.float32)
+        out = self.encode(x)
+        state = tuple(np.asarray(a, dtype=np.float32) for a in (out if isinstance(out, tuple) else (out,)))
         c = self.contract
-        if emb.shape != (1, c.embed_dim, c.embed_size, c.embed_size):
-            raise EdgevitError(f"Predictor: the encoder returned {emb.shape}; expected (1, {c.embed_dim}, "
+        if state[0].shape != (1, c.embed_dim, c.embed_size, c.embed_size):
+            raise EdgevitError(f"Predictor: the encoder returned {state[0].shape}; expected (1, {c.embed_dim}, "
                                f"{c.embed_size}, {c.embed_size})")
-        self.embeddings = emb
+        self.image_state = state
         self.original_size = (int(image.shape[0]), int(image.shape[1]))
 
     def prompt_arrays(self, points: Any = None, labels: Any = None, box: Any = None,
@@ -143,7 +150,7 @@ class Predictor:
         ``mask_input``). K = 3 with ``multimask``, else 1.
         """
         arrays = self.prompt_arrays(points, labels, box, mask_input)
-        masks, iou = self.decode(self.embeddings, *arrays)
+        masks, iou = self.decode(*self.image_state, *arrays)
         sl = slice(1, 4) if multimask else slice(0, 1)
         low = np.ascontiguousarray(np.asarray(masks, dtype=np.float32)[0, sl])
         logits = processing.sam_postprocess_masks(low, self.original_size, self.contract.prompt_frame)
