@@ -216,7 +216,7 @@ class ExportPromptDecoder(nn.Module):
         h = self.mask_features(mask_input)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = flag * self.mask_head(h) + _one_minus(flag) * no_mask
-        b, ch, hh, ww = h.shape
+        _, ch, hh, ww = h.shape
         flagged = torch.cat([h, torch.ones_like(h[:, :1])], dim=1) * flag  # [flag·h, flag]: 1×17×64×64
         ctx = image_context + F.linear(flagged.reshape(1, ch + 1, hh * ww).transpose(1, 2), self.mask_proj)
         n = ctx.shape[-1] // 3
