@@ -102,7 +102,7 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
     from edgevit.export import GateError
     from edgevit.sam import Predictor
     from edgevit.sam.evaluate import open_sam_dataset
-    from edgevit.sam.export import DECODER_INPUTS, export_sam, load_sam_artifacts
+    from edgevit.sam.export import export_sam, load_sam_artifacts
 
     inst = open_sam_dataset(args.eval_data, limit=1)[0]
     image = io.read_image(inst.image)
@@ -128,7 +128,7 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
         x = processing.sam_image_to_input(image, s, art.contract.mean, art.contract.std)[0]
         pred = Predictor(art)
         pred.set_image(image)
-        feed = dict(zip(DECODER_INPUTS, (*pred.image_state, *pred.prompt_arrays(box=inst.box))))
+        feed = dict(zip(art.decoder_inputs, (*pred.image_state, *pred.prompt_arrays(box=inst.box))))
         agreement = top["fidelity"]["mask_miou_vs_float"]
         table.append(Row(f"{model_id} encoder", f"{fmt} {prec}", f"1x3x{s}x{s}", 0,
                          lambda e=art.encoder, x=x: e.run({"image": x}), args.runs,

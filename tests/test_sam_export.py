@@ -109,12 +109,11 @@ def test_folder_layout_and_top_manifest_tie_the_components(pte_folder):
 
 def _assert_decoder_matches(dec, ctx, dec_in, tiny, rel: float) -> None:
     """The context and decoder artifacts together reproduce the eager prompt decoder on ``dec_in``."""
-    from edgevit.sam.export import DECODER_INPUTS
-
     with torch.inference_mode():
         ref_masks, ref_iou = (t.numpy() for t in tiny.prompt_decoder(*(torch.from_numpy(a) for a in dec_in)))
     image_context = ctx.run({"embeddings": dec_in[0]})["image_context"]
-    y = dec.run(dict(zip(DECODER_INPUTS, (dec_in[0], image_context, *dec_in[1:]))))
+    names = [s.name for s in tiny.contract.decoder_artifact_inputs]
+    y = dec.run(dict(zip(names, (dec_in[0], image_context, *dec_in[1:]))))
     np.testing.assert_allclose(y["masks"], ref_masks, atol=rel * np.abs(ref_masks).max())
     np.testing.assert_allclose(y["iou"], ref_iou, atol=rel * np.abs(ref_iou).max())
 

@@ -11,7 +11,7 @@ Precision: the transformer steps stay fp32 (int8 logits would change the sampled
 applies to the diffusion MLP and the decoder, which do not feed back into the token sampling, so the
 gate can demand identical tokens at every precision and bound the image error by PSNR. int8 calibrates
 on the inputs those programs see while the eager model generates (seeds disjoint from the gate's), and its
-gate adds the quality proxy (:func:`quality_ratio`): the random-CNN Fréchet distance of the artifact's samples
+gate adds the quality proxy (:class:`QualityProxy`): the random-CNN Fréchet distance of the artifact's samples
 may exceed eager fp32's by at most 5%.
 """
 
@@ -102,7 +102,7 @@ class GenFidelity:
     token_agreement: float
     psnr_min_db: float
     max_abs_diff: float
-    quality_ratio: float | None = None  # quality proxy artifact / eager fp32 (int8 only; :func:`quality_ratio`)
+    quality_ratio: float | None = None  # quality proxy artifact / eager fp32 (int8 only; :class:`QualityProxy`)
 
     def summary(self) -> str:
         q = "" if self.quality_ratio is None else f", quality proxy {self.quality_ratio:.3f}x eager fp32's"
@@ -159,28 +159,46 @@ QUALITY_SEEDS = range(100, 108)  # candidate and eager fp32 samples (per label)
 QUALITY_REFERENCE_SEEDS = range(200, 208)  # the eager fp32 reference set (per label)
 
 
-def quality_ratio(reference: Programs, candidate: Programs, model: HartModel, settings: SamplerSettings,
-                  labels: list[int]) -> float:
-    """Quality proxy of ``candidate`` relative to eager ``reference``: random-CNN Fréchet distance
+class QualityProxy:
+    """Quality proxy of candidate programs relative to eager ``reference``: random-CNN Fréchet distance
     (:mod:`edgevit.hart.quality`) of the candidate's samples over that of the reference's samples for the
     same seeds, both against a reference set of eager fp32 samples with disjoint seeds (the export has no
     real images; the proxy asks whether the artifact's samples sit as close to the model's own distribution
-    as eager fp32's do). 8 images per label. > 1 means the artifact's samples drifted."""
-    from .quality import feature_distance
+    as eager fp32's do). 8 images per label. The eager side is generated once, here; :meth:`ratio` samples
+    only the candidate (an export measures several candidates). > 1 means the candidate's samples drifted."""
 
-    def images(programs: Programs, seeds) -> torch.Tensor:
-        return torch.cat([generate_one(programs, model, label, seed, settings).images for label in labels
-                          for seed in seeds])
+    def __init__(self, reference: Programs, model: HartModel, settings: SamplerSettings, labels: list[int]):
+        from .quality import extractor_fn
 
-    ref = images(reference, QUALITY_REFERENCE_SEEDS)
-    base = feature_distance(images(reference, QUALITY_SEEDS), ref)
-    return feature_distance(images(candidate, QUALITY_SEEDS), ref) / max(base, 1e-12)
+        self.model, self.settings, self.labels = model, settings, list(labels)
+        self.features = extractor_fn("random-cnn")
+        self.reference = self.features(self._images(reference, QUALITY_REFERENCE_SEEDS))
+        self.base = self._distance(reference)
+
+    def _images(self, programs: Programs, seeds) -> torch.Tensor:
+        return torch.cat([generate_one(programs, self.model, label, seed, self.settings).images
+                          for label in self.labels for seed in seeds])
+
+    def _distance(self, programs: Programs) -> float:
+        from .quality import frechet_distance
+
+        return frechet_distance(self.features(self._images(programs, QUALITY_SEEDS)), self.reference)
+
+    def ratio(self, candidate: Programs) -> float:
+        return self._distance(candidate) / max(self.base, 1e-12)
+
+
+def quality_ratio(reference: Programs, candidate: Programs, model: HartModel, settings: SamplerSettings,
+                  labels: list[int]) -> float:
+    """:meth:`QualityProxy.ratio` of ``candidate`` against ``reference`` (one-off)."""
+    return QualityProxy(reference, model, settings, labels).ratio(candidate)
 
 
 def measure(reference: Programs, candidate: Programs, model: HartModel, settings: SamplerSettings,
-            labels: list[int], seeds: tuple[int, ...] = GATE_SEEDS, quality: bool = False) -> GenFidelity:
-    """Tokens and images of ``candidate`` vs ``reference`` for the same seeds; with ``quality`` also
-    :func:`quality_ratio`."""
+            labels: list[int], seeds: tuple[int, ...] = GATE_SEEDS,
+            quality: QualityProxy | None = None) -> GenFidelity:
+    """Tokens and images of ``candidate`` vs ``reference`` for the same seeds; with ``quality`` also its
+    :meth:`QualityProxy.ratio`."""
     same = total = 0
     psnrs, worst = [], 0.0
     for seed in seeds:
@@ -193,7 +211,7 @@ def measure(reference: Programs, candidate: Programs, model: HartModel, settings
             mse = float((a.images - b.images).pow(2).mean())
             psnrs.append(PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * float(np.log10(4.0 / mse))))
             worst = max(worst, float((a.images - b.images).abs().max()))
-    ratio = quality_ratio(reference, candidate, model, settings, labels) if quality else None
+    ratio = quality.ratio(candidate) if quality is not None else None
     return GenFidelity(len(psnrs), same / total, min(psnrs), worst, ratio)
 
 
@@ -323,7 +341,7 @@ def export_hart(model: HartModel | str | Path, format: str, out: str | Path, pre
             result, prec, runners[name] = lower(name, precision if name in ("diffusion", "decoder") else "fp32",
                                                 tmp / name)
             results[name] = (result, prec)
-        quality = precision == "int8"
+        quality = QualityProxy(EagerPrograms(model), model, settings, labels) if precision == "int8" else None
         fid = measure(EagerPrograms(model), ArtifactPrograms(model, runners, batch, starts), model, settings, labels,
                       quality=quality)
         failures = budget.failures(fid)
@@ -405,4 +423,4 @@ def _write_folder(tmp: Path, model: HartModel, format, precision, contract: GenC
     return top
 
 
-__all__ = ["export_hart", "measure", "quality_ratio", "GenFidelity", "GenGate", "DiffusionStep", "Decode"]
+__all__ = ["export_hart", "measure", "QualityProxy", "quality_ratio", "GenFidelity", "GenGate", "DiffusionStep", "Decode"]

@@ -42,8 +42,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
-from io import StringIO
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -225,12 +224,11 @@ class _QuietPreprocessHint(logging.Filter):
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    """Drop the quantizer's pre-processing hint and the histogram calibrator's prints (tensor and bin counts)."""
+    """Drop the quantizer's pre-processing hint."""
     root, quiet = logging.getLogger(), _QuietPreprocessHint()
     root.addFilter(quiet)
     try:
-        with redirect_stdout(StringIO()):
-            yield
+        yield
     finally:
         root.removeFilter(quiet)
 

@@ -94,7 +94,8 @@ class SamContract:
         e, k = self.embed_size, 3 * (self.embed_dim // 2)
         return (TensorSpec("image_context", ("N", e * e, k), "float32", "NTC",
                            "image-token projections of the decoder's first block (token->image keys | values | "
-                           "image->token queries), weights only"),)
+                           "image->token queries) without a mask input: biases, dense PE and no-mask embedding "
+                           "included"),)
 
     @property
     def decoder_artifact_inputs(self) -> tuple[TensorSpec, ...]:

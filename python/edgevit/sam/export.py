@@ -63,9 +63,6 @@ def _specs(dicts: list[dict[str, Any]]) -> list[IOSpec]:
     return [IOSpec.from_dict(d) for d in dicts]
 
 
-DECODER_INPUTS = ("embeddings", "image_context", "coords", "labels", "mask_input", "has_mask_input")
-
-
 class SamArtifacts:
     """The three runners of an exported SAM folder; ``Predictor(artifacts)`` runs them (numpy in, numpy out).
 
@@ -78,6 +75,7 @@ class SamArtifacts:
                  contract: Any):
         self.folder, self.manifest, self.contract = folder, manifest, contract
         self.encoder, self.context, self.decoder = encoder, context, decoder
+        self.decoder_inputs = tuple(s.name for s in contract.decoder_artifact_inputs)
         self.model_id = f"{manifest['model_id']} ({manifest['format']}/{manifest['components']['encoder']['precision']})"
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +83,7 @@ class SamArtifacts:
         return emb, self.context.run({"embeddings": emb})["image_context"]
 
     def decode(self, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.decoder.run(dict(zip(DECODER_INPUTS, arrays)))
+        out = self.decoder.run(dict(zip(self.decoder_inputs, arrays)))
         return out["masks"], out["iou"]
 
     def predictor_functions(self) -> tuple[Any, Any, Any]:

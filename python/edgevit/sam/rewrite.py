@@ -318,8 +318,8 @@ def friendly_decoder(decoder: PromptDecoder, example: tuple[torch.Tensor, ...]
                              "ExportPromptDecoder: indicator arithmetic, constant buffers, reshape/slice/cat"))
     subs.append(Substitution("mask_decoder.transformer.layers.0", "image-token projections of block 0 "
                              "(token->image k/v, image->token q) per prompt",
-                             "ImageContext once per image (the 'context' artifact) + mask-embedding and PE terms "
-                             "by linearity"))
+                             "ImageContext once per image (the 'context' artifact, PE and no-mask embedding "
+                             "folded in) + a mask input's term by linearity"))
     with torch.inference_mode():
         diff = _max_diff(decoder.eval()(*example), new(example[0], context(example[0]), *example[1:]))
     for s in subs:
