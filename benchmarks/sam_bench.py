@@ -8,9 +8,10 @@ Rows (random weights, same process, same threads; p50 of ``--runs`` timed calls 
 - efficientvit-sam-l0 / -xl0 image encoder, eager fp32 PyTorch, at 512 / 1024
 - SAM ViT-B image encoder (our own implementation, benchmarks/sam_vit_b.py), eager fp32, at 1024
 - the prompt decoder (16 prompt slots, mask input on) of L0, eager fp32
-- exported artifacts (``--artifacts id:format:precision[:decoder_precision],...``; format pte | tflite | onnx,
-  encoder at ``precision``, decoder at ``decoder_precision``, default fp32): the folder
-  ``--exports/<id>-<format>-<precision>`` (``-dec<decoder_precision>`` appended when it is not fp32) is reused
+- exported artifacts (``--artifacts id:format:precision[:decoder_precision[:activations]],...``; format pte |
+  tflite | onnx, encoder at ``precision``, decoder at ``decoder_precision``, default fp32; ``activations``:
+  the int8 encoder's static (default) | dynamic): the folder ``--exports/<id>-<format>-<precision>``
+  (``-dec<decoder_precision>`` appended when it is not fp32, ``-dynamic`` for dynamic activations) is reused
   when it exists, else written by ``export_sam``
   (int8 calibrated on the photos of ``--calib``, gated on ``--eval-data``; a failing gate is reported and that
   artifact skipped, unless ``--no-gate``, which writes it with the measured agreement). Encoder and decoder rows, timed through their runners on
@@ -109,16 +110,17 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
     table = []
     for spec in filter(None, args.artifacts.split(",")):
         parts = spec.split(":")
-        if len(parts) not in (3, 4):
-            raise SystemExit(f"--artifacts {spec!r}: expected id:format:precision[:decoder_precision]")
-        model_id, fmt, prec, dec_prec = (*parts, "fp32")[:4]
-        folder = Path(args.exports) / (f"{model_id}-{fmt}-{prec}" + ("" if dec_prec == "fp32" else f"-dec{dec_prec}"))
+        if len(parts) not in (3, 4, 5):
+            raise SystemExit(f"--artifacts {spec!r}: expected id:format:precision[:decoder_precision[:activations]]")
+        model_id, fmt, prec, dec_prec, act = parts + ["fp32", "static"][len(parts) - 3:]
+        folder = Path(args.exports) / (f"{model_id}-{fmt}-{prec}" + ("" if dec_prec == "fp32" else f"-dec{dec_prec}")
+                                       + ("" if act == "static" else f"-{act}"))
         if not (folder / "manifest.json").is_file():
             print(f"exporting {model_id} {fmt}/{prec} into {folder} ...", file=sys.stderr, flush=True)
             try:
                 export_sam(model_id, fmt, prec, folder, calib=args.calib, eval_data=args.eval_data,
                            eval_limit=args.eval_limit, threads=args.threads, gate=None if args.no_gate else "default",
-                           decoder_precision=dec_prec)
+                           decoder_precision=dec_prec, activations=act)
             except GateError as exc:
                 print(f"skipped {spec}: {exc}", file=sys.stderr)
                 continue
@@ -130,7 +132,8 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
         pred.set_image(image)
         feed = dict(zip(art.decoder_inputs, (*pred.image_state, *pred.prompt_arrays(box=inst.box))))
         agreement = top["fidelity"]["mask_miou_vs_float"]
-        table.append(Row(f"{model_id} encoder", f"{fmt} {prec}", f"1x3x{s}x{s}", 0,
+        table.append(Row(f"{model_id} encoder", f"{fmt} {prec}" + ("" if act == "static" else f" ({act} act.)"),
+                         f"1x3x{s}x{s}", 0,
                          lambda e=art.encoder, x=x: e.run({"image": x}), args.runs,
                          size_mb=c["encoder"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))
         table.append(Row(f"image context ({folder.name}, once per image)", f"{fmt} fp32", "1x256x64x64", 0,

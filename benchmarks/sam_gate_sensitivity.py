@@ -4,11 +4,11 @@ of an exported artifact folder. With random weights the mask logits are small (|
 at 0 flips pixels under small perturbations; the curve says what SQNR the 99.0 gate demands of an int8 encoder.
 
     .venv/bin/python benchmarks/sam_gate_sensitivity.py [--model efficientvit-sam-l0] [--weights W]
-        [--artifacts DIR] [--seed 0] [--limit 8] [--threads 2]
+        [--artifacts DIR | --export-int8 DIR [--activations static|dynamic]] [--seed 0] [--limit 8] [--threads 2]
 
 ``--artifacts`` must hold the same weights (an export of ``--weights``, or of random weights with the same
 ``--seed``: ``export_sam`` on ``create_model`` right after ``torch.manual_seed(seed)``); ``--export-int8 DIR``
-writes such a folder first (.pte, int8 encoder, gate off).
+writes such a folder first (.pte, int8 encoder, gate off; ``--activations dynamic`` for run-time activation ranges).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=8, help="gate instances (the export gate's default)")
     ap.add_argument("--artifacts", help="exported folder of the same weights: its embedding SQNR and agreement")
     ap.add_argument("--export-int8", help="export the model to this folder first (.pte, int8 encoder, gate off)")
+    ap.add_argument("--activations", default="static", choices=("static", "dynamic"),
+                    help="int8 activations of the --export-int8 encoder")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -56,7 +58,7 @@ def main() -> None:
         from edgevit.sam.export import export_sam
 
         export_sam(model, "pte", "int8", a.export_int8, calib=a.calib, eval_data=a.data, eval_limit=a.limit,
-                   threads=a.threads, gate=None, progress=True)
+                   threads=a.threads, gate=None, progress=True, activations=a.activations)
         a.artifacts = a.artifacts or a.export_int8
     reference = FloatReference(Predictor(model), gate)
     eager = Predictor(model)

@@ -261,3 +261,63 @@ def test_missing_executorch_names_the_extra(b0, b0_fp32, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "executorch.runtime", None)
     with pytest.raises(MissingDependencyError, match="executorch"):
         get_backend("pte").load(b0_fp32[1], _manifest((1, 3, 64, 128)))
+
+
+# --- dynamic int8 activations ---------------------------------------------------------------------
+
+
+class _ConvNet(nn.Module):
+    """3×3 stem, two residual 1×1 / 3×3 conv pairs with ReLU, 1×1 head: conv / linear inputs everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 32, 3, padding=1))
+                                    for _ in range(2))
+        self.head = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+def _sqnr_db(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((y - ref).astype(np.float64) ** 2).sum()))
+
+
+def test_dynamic_int8_activations_are_more_precise_than_static(photos, tmp_path):
+    torch.manual_seed(0)
+    model = _ConvNet().eval()
+    xs = _inputs(photos, 64, 128)
+    ref = _eager(model, xs[4])
+    sqnr = {}
+    for mode in ("static", "dynamic"):
+        out = tmp_path / f"{mode}.pte"
+        result = get_backend("pte").export(ExportRequest(model, (1, 3, 64, 128), "int8", out, calibration=xs[:3],
+                                                         activations=mode))
+        q = result.quantization
+        assert q["activations"] == mode
+        # XNNPACKQuantizer has no dynamic conv+ReLU pattern: under dynamic activations the 1×1 convs that feed a
+        # ReLU stay float32 (reported per op)
+        assert q["float_weighted_ops"] == ([] if mode == "static" else ["blocks.0.0", "blocks.1.0"])
+        assert q["weighted_ops_int8"] == (6 if mode == "static" else 4)
+        assert ("is_dynamic" in q["scheme"]) == (mode == "dynamic")
+        assert q["calibration_images"] == (0 if mode == "dynamic" else 3)  # dynamic ranges observe nothing
+        assert result.delegation["non_delegated_compute_nodes"] == 0
+        sqnr[mode] = _sqnr_db(get_backend("pte").load(out, _manifest((1, 3, 64, 128), "int8"))(xs[4]), ref)
+    # run-time ranges at conv inputs, float adds: no requantization of the residual stream
+    assert sqnr["dynamic"] > sqnr["static"] + 3 and sqnr["dynamic"] > 30, sqnr
+
+
+def test_activation_modes_are_checked(b0, tmp_path):
+    friendly, xs = b0[1], b0[3]
+    with pytest.raises(edgevit.UnknownKeyError, match="did you mean 'dynamic'"):
+        ExportRequest(friendly, (1, 3, 64, 128), "int8", tmp_path / "m.pte", xs[:1], activations="dinamic")
+    with pytest.raises(EdgevitError, match="int8 only"):
+        ExportRequest(friendly, (1, 3, 64, 128), "fp32", tmp_path / "m.pte", activations="dynamic")
+    request = ExportRequest(friendly, (1, 3, 64, 128), "int8", tmp_path / "m.onnx", xs[:1], activations="dynamic")
+    with pytest.raises(EdgevitError, match="onnx: int8 activations 'dynamic' are not implemented"):
+        get_backend("onnx").export(request)
+    assert not (tmp_path / "m.onnx").exists()

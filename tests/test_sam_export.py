@@ -250,3 +250,64 @@ def test_int8_encoder_is_calibrated_on_photos_and_measured(tiny, shared_data, tm
     cos = float((emb * ref).sum() / np.linalg.norm(emb) / np.linalg.norm(ref))
     assert 0.9 < cos < 1 - 1e-7, cos  # int8: close to float, not bit-identical (random weights, 3 photos)
     _assert_decoder_matches(art.decoder, art.context, _real_inputs(tiny, shared_data)[3], tiny, 1e-4)  # fp32 decoder
+
+
+def _sqnr_db(y: np.ndarray, ref: np.ndarray) -> float:
+    return float(10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((y - ref).astype(np.float64) ** 2).sum()))
+
+
+def test_dynamic_int8_components_record_their_scheme_and_stay_close(tiny, shared_data, tmp_path):
+    """.pte int8 encoder and decoder with dynamic activations: run-time ranges at conv / linear inputs; the neck's
+    resize products, its layout identity and the decoder's convs float (declared); the rewrite exact; embeddings
+    and mask logits close to float."""
+    out = tmp_path / "sam"
+    top = export_sam(tiny, "pte", "int8", out, calib=shared_data / SA_EXAMPLES, eval_data=shared_data / GRABCUT,
+                     eval_limit=1, threads=1, gate=None, progress=False, decoder_precision="int8",
+                     activations="dynamic")
+    enc, dec = top["components"]["encoder"], top["components"]["decoder"]
+    assert enc["precision"] == dec["precision"] == "int8" and enc["activations"] == dec["activations"] == "dynamic"
+    assert enc["delegation"]["non_delegated_compute_nodes"] == 0
+    m = json.loads((out / "encoder" / "manifest.json").read_text())
+    q = m["quantization"]
+    assert "is_dynamic" in q["scheme"] and q["calibration_images"] == 0 and m["calibration"]["used"].startswith("no")
+    (region,) = q["float_regions"]
+    assert "neck.nhwc" in region["modules"] and sum(".op_list.1" in n for n in region["modules"]) == 3
+    (neck,) = [s for s in m["substitutions"] if s["name"] == "neck"]
+    assert "DynamicSafeNeck" in neck["replacement"] and neck["max_abs_diff"] < 1e-4  # the identity conv is exact
+    dq = json.loads((out / "decoder" / "manifest.json").read_text())["quantization"]
+    assert [r["name"] for r in dq["float_regions"]][1:] == ["convolutions-under-dynamic-activations",
+                                                             "prompt-token-side"]
+    image_side = ("cross_attn_token_to_image.k_proj", "cross_attn_token_to_image.v_proj",
+                  "cross_attn_image_to_token.q_proj", "cross_attn_image_to_token.out_proj")
+    assert dq["weighted_ops_int8"] >= 7  # the 4096-token projections (block 0's first three live in the context)
+    assert not any(n.endswith(image_side) for n in dq["float_weighted_ops"])
+    assert any(n.endswith("self_attn.q_proj") for n in dq["float_weighted_ops"])  # token side stays float
+    art = load_sam_artifacts(out, threads=1)
+    _, _, x, dec_in = _real_inputs(tiny, shared_data)
+    emb, _ = art.encode(x.numpy())
+    with torch.inference_mode():
+        ref = tiny.image_encoder(x).numpy()
+        ref_masks = tiny.prompt_decoder(*(torch.from_numpy(a) for a in dec_in))[0].numpy()
+    assert 25 < _sqnr_db(emb, ref) < 80  # quantized (not float), and close
+    names = [s.name for s in tiny.contract.decoder_artifact_inputs]
+    image_context = art.context.run({"embeddings": dec_in[0]})["image_context"]
+    masks = art.decoder.run(dict(zip(names, (dec_in[0], image_context, *dec_in[1:]))))["masks"]
+    assert 20 < _sqnr_db(masks, ref_masks) < 80
+
+
+def test_dynamic_activations_need_an_int8_pte_encoder(tiny, shared_data, tmp_path):
+    for fmt, precision, match in (("tflite", "int8", "tflite: int8 activations 'dynamic' are not implemented"),
+                                  ("onnx", "int8", "onnx: int8 activations 'dynamic'"),
+                                  ("pte", "fp32", "applies to int8 components")):
+        with pytest.raises(EdgevitError, match=match):
+            export_sam(tiny, fmt, precision, tmp_path / "x", calib=shared_data / SA_EXAMPLES,
+                       eval_data=shared_data / GRABCUT, progress=False, activations="dynamic")
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_cli_takes_dynamic_activations_for_sam_only(tmp_path, capsys):
+    args = ["export", "efficientvit-seg-b0-cityscapes", "--format", "pte", "--precision", "int8", "--activations",
+            "dynamic", "--out", str(tmp_path / "x")]
+    assert main(args) == 2
+    assert "implemented for SAM image encoders (.pte) so far" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

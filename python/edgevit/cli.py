@@ -107,9 +107,11 @@ def _cmd_export_sam(a: argparse.Namespace) -> None:
     gate = None if a.no_gate else ("default" if a.max_miou_drop is None else MaskGate(a.max_miou_drop))
     top = export_sam(a.model, a.format, a.precision, a.out, weights=a.weights, calib=a.calib, eval_data=a.eval_data,
                      eval_layout=a.eval_layout, gate=gate, keep_float=tuple(a.keep_float), threads=a.threads,
-                     eval_limit=a.eval_limit, decoder_precision=a.decoder_precision)
+                     eval_limit=a.eval_limit, decoder_precision=a.decoder_precision, activations=a.activations)
     c, f = top["components"], top["fidelity"]
-    print(f"{a.out}: encoder {top['format']}/{c['encoder']['precision']} {c['encoder']['size_bytes'] / 1e6:.2f} MB, "
+    act = f" ({c['encoder']['activations']} activations)" if c["encoder"].get("activations") else ""
+    print(f"{a.out}: encoder {top['format']}/{c['encoder']['precision']}{act} "
+          f"{c['encoder']['size_bytes'] / 1e6:.2f} MB, "
           f"decoder {c['decoder']['precision']} {c['decoder']['size_bytes'] / 1e6:.2f} MB; {f['summary']}; "
           f"gate {f['gate_result']}")
 
@@ -120,6 +122,9 @@ def _cmd_export(a: argparse.Namespace) -> None:
 
     if getattr(get_model_entry(a.model).contract, "task", None) == "promptable-segmentation":
         return _cmd_export_sam(a)
+    if a.activations != "static":
+        raise EdgevitError(f"--activations {a.activations}: implemented for SAM image encoders (.pte) so far; "
+                           f"{a.model} exports with static int8 activations")
     m = export(a.model, a.format, a.precision, a.out, weights=a.weights, labelset=a.labelset, calib=a.calib,
                calib_layout=a.calib_layout, eval_data=a.eval_data, eval_layout=a.eval_layout,
                input_size=a.input_size, gate=_export_gate(a), keep_float=tuple(a.keep_float), threads=a.threads)
@@ -261,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "SAM: mask mIoU vs float drop budget")
     s.add_argument("--eval-limit", type=int, default=8, help="SAM: eval instances the gate measures (default 8)")
     s.add_argument("--decoder-precision", default="fp32", help="SAM: prompt decoder precision (fp32 | int8, gated)")
+    s.add_argument("--activations", default="static", choices=("static", "dynamic"),
+                   help="int8 activations: static (calibrated ranges) | dynamic (run-time ranges at conv/linear "
+                        "inputs, float between; SAM int8 encoder/decoder, .pte)")
     s.add_argument("--min-agreement", type=float, help="segmentation gate: pixel agreement with float (default 0.98)")
     s.add_argument("--no-gate", action="store_true", help="write the artifact even if it misses the budget")
     s.add_argument("--threads", type=int, default=2)

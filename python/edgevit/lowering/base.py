@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from torch import nn
 
-from ..errors import EdgevitError
+from ..errors import EdgevitError, UnknownKeyError
 from ..registry import Registry
 from .float_region import FloatRegion
 
@@ -31,6 +31,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Tensor dtypes an artifact input may have; each backend lists the ones it supports (``Backend.dtypes``).
 DTYPES = ("float32", "int32", "int64")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ACTIVATIONS = ("static", "dynamic")  # int8 activation quantization modes (ExportRequest.activations)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class ExportRequest:
     ``keep_float``: qualified module names (``model.named_modules()``) to leave un-quantized.
     ``float_regions``: declared :class:`~edgevit.lowering.float_region.FloatRegion` values (int8 only):
     modules computed in float32 from un-quantized inputs, and/or the float output tail.
+    ``activations`` (int8 only): ``"static"`` — int8 activation ranges fixed at export from the calibration
+    samples; ``"dynamic"`` — activations quantized at run time from each tensor's own range, only where
+    they enter a conv / linear, everything between in float32 (backends list theirs in ``activation_modes``).
     """
 
     model: nn.Module
@@ -109,8 +113,14 @@ class ExportRequest:
     inputs: tuple[IOSpec, ...] = ()
     outputs: tuple[str, ...] = ()
     float_regions: tuple[FloatRegion, ...] = ()
+    activations: str = "static"
 
     def __post_init__(self) -> None:
+        if self.activations not in ACTIVATIONS:
+            raise UnknownKeyError("activation quantization mode", str(self.activations), ACTIVATIONS)
+        if self.activations != "static" and self.precision != "int8":
+            raise EdgevitError(f"activations={self.activations!r} applies to int8 only (precision is "
+                               f"{self.precision!r})")
         if self.inputs:
             if self.input_shape is not None:
                 raise EdgevitError("ExportRequest: pass input_shape (one image input) or inputs, not both")
@@ -138,10 +148,11 @@ class ExportRequest:
     @classmethod
     def multi(cls, model: nn.Module, inputs: Sequence[IOSpec], outputs: Sequence[str], precision: str,
               out_path: Path, calibration: list[tuple[np.ndarray, ...]] | None = None,
-              keep_float: Sequence[str] = (), float_regions: Sequence[FloatRegion] = ()) -> ExportRequest:
+              keep_float: Sequence[str] = (), float_regions: Sequence[FloatRegion] = (),
+              activations: str = "static") -> ExportRequest:
         """A request with named ``inputs`` (forward's positional arguments) and ``outputs`` (its results)."""
         return cls(model, None, precision, Path(out_path), calibration, tuple(keep_float), tuple(inputs),
-                   tuple(outputs), tuple(float_regions))
+                   tuple(outputs), tuple(float_regions), activations)
 
     def example_inputs(self) -> tuple[Any, ...]:
         """Example tensors for tracing: the first calibration sample when there is one, else zeros."""
@@ -151,6 +162,13 @@ class ExportRequest:
             first = check_calibration(self.calibration[:1], self.inputs, "export")[0]
             return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in first)
         return tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in self.inputs)
+
+
+def check_activations(request: ExportRequest, backend: str, modes: Sequence[str]) -> None:
+    """Refuse an int8 activation mode that ``backend`` does not implement."""
+    if request.precision == "int8" and request.activations not in modes:
+        raise EdgevitError(f"{backend}: int8 activations {request.activations!r} are not implemented for this "
+                           f"format (it has {', '.join(modes)}); export .pte for dynamic activations")
 
 
 def check_dtypes(request: ExportRequest, backend: str, dtypes: Sequence[str]) -> None:
@@ -182,6 +200,7 @@ class Backend(Protocol):
     name: str  # manifest "format": pte | tflite | onnx | engine
     extension: str  # artifact file suffix, e.g. ".pte"
     precisions: tuple[str, ...]
+    activation_modes: tuple[str, ...]  # int8 activation modes it implements (ACTIVATIONS)
     dtypes: tuple[str, ...]  # input dtypes it takes (float32 always)
     extra: str  # pip extra that installs the toolchain
 

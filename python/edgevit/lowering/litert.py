@@ -70,7 +70,8 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, IOSpec, check_calibration, check_dtypes, check_keep_float
+from .base import (ExportRequest, ExportResult, IOSpec, check_activations, check_calibration, check_dtypes,
+                   check_keep_float)
 from .float_region import FloatRegion, fx_filter, fx_float_nodes, fx_owner
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def _check_request(request: ExportRequest) -> None:
         raise EdgevitError(f"tflite: precision {request.precision!r} is not supported; choose one of "
                            f"{LiteRTBackend.precisions}")
     check_dtypes(request, "tflite", LiteRTBackend.dtypes)
+    check_activations(request, "tflite", LiteRTBackend.activation_modes)
     if Path(request.out_path).suffix != LiteRTBackend.extension:
         raise EdgevitError(f"{request.out_path}: a LiteRT artifact must end in {LiteRTBackend.extension}")
     if request.precision != "int8" and request.keep_float:
@@ -657,6 +659,7 @@ class LiteRTBackend:
     name = "tflite"
     extension = ".tflite"
     precisions = ("fp32", "fp16", "int8")
+    activation_modes = ("static",)
     dtypes = ("float32", "int32")  # the converter turns int64 inputs into int32 ones: declare them int32
     extra = _EXTRA
 

@@ -51,7 +51,8 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
-from .base import ExportRequest, ExportResult, IOSpec, check_calibration, check_dtypes, check_keep_float
+from .base import (ExportRequest, ExportResult, IOSpec, check_activations, check_calibration, check_dtypes,
+                   check_keep_float)
 from .float_region import onnx_float_nodes, region_modules, unquantize_float_inputs
 
 if TYPE_CHECKING:
@@ -351,6 +352,7 @@ def _check_request(request: ExportRequest, precisions: tuple[str, ...]) -> None:
         raise EdgevitError(f"the onnx backend exports {', '.join(precisions)}, not {request.precision!r}; "
                            "fp16 engines come from the fp32 ONNX via TensorRT (edgevit trt-build)")
     check_dtypes(request, "onnx", OnnxBackend.dtypes)
+    check_activations(request, "onnx", OnnxBackend.activation_modes)
     if request.model.training:
         raise EdgevitError("the model is in training mode; call model.eval() before export")
 
@@ -359,6 +361,7 @@ class OnnxBackend:
     name = "onnx"
     extension = ".onnx"
     precisions = ("fp32", "int8")
+    activation_modes = ("static",)
     dtypes = ("float32", "int32", "int64")
     extra = _EXTRA
 

@@ -42,7 +42,7 @@ from ..quantize.calibration import load_image_set
 from .evaluate import open_sam_dataset
 from .fidelity import FloatReference, MaskAgreement, MaskGate
 from .predictor import Predictor
-from .rewrite import decoder_float_regions, friendly_decoder, friendly_encoder
+from .rewrite import decoder_float_regions, encoder_float_regions, friendly_decoder, friendly_encoder
 
 CALIBRATION_IMAGES = 16
 EVAL_INSTANCES = 8
@@ -121,10 +121,11 @@ def load_sam_artifacts(folder: str | Path, threads: int | None = None) -> SamArt
                         _contract_from(top["contract"], str(path)))
 
 
-def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path, regions=()) -> ExportResult:
+def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path, regions=(),
+           activations: str = "static") -> ExportResult:
     path.parent.mkdir(parents=True, exist_ok=True)
     request = ExportRequest.multi(module, _specs(inputs), [d["name"] for d in outputs], precision, path, calib,
-                                  keep_float, regions)
+                                  keep_float, regions, activations)
     return backend.export(request)
 
 
@@ -169,6 +170,7 @@ def export_sam(
     progress: bool = True,
     eval_limit: int = EVAL_INSTANCES,
     decoder_precision: str = "fp32",
+    activations: str = "static",
 ) -> dict[str, Any]:
     """Export a SAM model to ``format`` (pte | tflite | onnx): encoder at ``precision``, decoder at
     ``decoder_precision``, into the folder ``out`` (module docstring). Returns the top-level manifest.
@@ -177,7 +179,10 @@ def export_sam(
     with a ``contract``. ``calib``: folder of real photos (int8). ``eval_data``: instances in the grabcut50
     (``prompts``) or ``instances`` layout; the first ``eval_limit`` are the gate's. ``gate``: ``"default"``
     (mask mIoU vs float drops ≤ 1.0 point), a :class:`MaskGate`, or None to write even on failure.
-    ``keep_float``: encoder module names to leave un-quantized.
+    ``keep_float``: encoder module names to leave un-quantized. ``activations``: how the int8 components
+    (encoder and/or decoder) quantize activations, ``"static"`` (calibrated ranges, every format) or
+    ``"dynamic"`` (run-time ranges at conv / linear inputs, float32 between; .pte only,
+    :class:`~edgevit.lowering.base.ExportRequest`).
     """
     from ..models import create_model
 
@@ -185,6 +190,12 @@ def export_sam(
     for what, p in (("precision", precision), ("decoder precision", decoder_precision)):
         if p not in backend.precisions:
             raise EdgevitError(f"{format}: {what} {p!r} is not supported; choose one of {backend.precisions}")
+    if activations != "static" and "int8" not in (precision, decoder_precision):
+        raise EdgevitError(f"--activations {activations}: applies to int8 components (encoder {precision}, decoder "
+                           f"{decoder_precision})")
+    if activations not in backend.activation_modes:
+        raise EdgevitError(f"{format}: int8 activations {activations!r} are not implemented for this format (it "
+                           f"has {', '.join(backend.activation_modes)}); export pte for dynamic activations")
     model = create_model(model_id, weights=weights) if isinstance(model_id, str) else model_id.eval()
     name = model_id if isinstance(model_id, str) else getattr(model, "model_id", type(model).__name__)
     contract = getattr(model, "contract", None)
@@ -211,7 +222,9 @@ def export_sam(
 
     reference = FloatReference(Predictor(model), gate_set)
     example = torch.from_numpy(calib_inputs[0] if calib_inputs else prep(reference.images[0]))
-    enc_friendly, enc_subs = friendly_encoder(model.image_encoder, example)
+    enc_activations = activations if precision == "int8" else "static"
+    enc_friendly, enc_subs = friendly_encoder(model.image_encoder, example, enc_activations)
+    enc_regions = tuple(encoder_float_regions(enc_friendly)) if precision == "int8" else ()
     probe = Predictor(model)
     probe.set_image(reference.images[0])
     dec_example = (probe.embeddings, *probe.prompt_arrays(box=gate_set[0].box))
@@ -236,13 +249,15 @@ def export_sam(
                                                      contract_dict, {}), threads)
         dec_calib, dec_regions = None, ()
         if decoder_precision == "int8":
-            dec_regions = tuple(decoder_float_regions(dec_friendly))
-            extra = instances[eval_limit: eval_limit + 8] or gate_set
+            dec_regions = tuple(decoder_float_regions(dec_friendly, activations))
+            count = 1 if activations == "dynamic" else 8  # dynamic ranges: one sample only traces the graph
+            extra = instances[eval_limit: eval_limit + count] or gate_set[:count]
             dec_calib = _decoder_calibration(model, contract, ctx_friendly, extra,
                                              [io.read_image(i.image) for i in extra])
         if progress:
             print(f"export-sam: lowering the prompt decoder ({format}/{decoder_precision})", flush=True)
-        dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path, dec_regions)
+        dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path, dec_regions,
+                            activations if decoder_precision == "int8" else "static")
         dec_runner = backend.load(dec_path, Manifest(name, format, decoder_precision, dec_path.name, "", 0,
                                                      *dec_io, contract_dict, {}), threads)
         runners.append(dec_runner)
@@ -255,7 +270,8 @@ def export_sam(
             live.clear()  # release the previous attempt's program before its file is rewritten
             runners[1:] = []
             gc.collect()
-            live["result"] = _lower(backend, enc_friendly, *enc_io, precision, calib_inputs, kept_names, enc_path)
+            live["result"] = _lower(backend, enc_friendly, *enc_io, precision, calib_inputs, kept_names, enc_path,
+                                    enc_regions, enc_activations)
             enc_runner = backend.load(enc_path, Manifest(name, format, precision, enc_path.name, "", 0, *enc_io,
                                                          contract_dict, {}), threads)
             runners.append(enc_runner)
@@ -278,7 +294,7 @@ def export_sam(
         del dec_runner, ctx_runner
         gc.collect()
         top = _write_folder(tmp, name, format, precision, decoder_precision, contract_dict, contract,
-                            (enc_path, enc_io, enc_result, enc_subs), (ctx_path, ctx_io, ctx_result, []),
+                            (enc_path, enc_io, enc_result, enc_subs, enc_regions), (ctx_path, ctx_io, ctx_result, []),
                             (dec_path, dec_io, dec_result, dec_subs, dec_regions), fid, gate or MaskGate(), failures,
                             calib_set, kept, sensitivity, eval_data, weights)
         _replace_dir(tmp, out)
@@ -302,18 +318,25 @@ def _write_folder(tmp: Path, name, format, precision, decoder_precision, contrac
         extra: dict[str, Any] = {"fidelity": {"measured_as": "the encoder+decoder pipeline, see ../manifest.json",
                                               "mask_miou_vs_float": round(fid.miou, 3), "gate_result": verdict}}
         if prec == "int8" and comp == "encoder":
-            extra["calibration"] = calib_set.describe()
-            extra["quantization"] = {"kept_float": kept,
+            dynamic = (result.quantization or {}).get("activations") == "dynamic"
+            extra["calibration"] = ({"used": "no: dynamic activations take their ranges at run time; the first "
+                                             "photo only traced the graph", **calib_set.describe()}
+                                    if dynamic else calib_set.describe())
+            extra["quantization"] = {"kept_float": kept, "float_regions": [r.to_dict() for r in regions[0]],
                                      "sensitivity": [x.to_dict() for x in sensitivity] if sensitivity else None}
         if prec == "int8" and comp == "decoder":
             extra["calibration"] = {"samples": "float embeddings of eval photos after the gate's, with their box "
                                                "and first-click prompts"}
+            if (result.quantization or {}).get("activations") == "dynamic":
+                extra["calibration"]["used"] = "no: dynamic activations take their ranges at run time"
             extra["quantization"] = {"float_regions": [r.to_dict() for r in regions[0]]}
         manifest = _component_manifest(name, format, prec, path, io_specs, {**contract_dict, "component": comp},
                                        result, subs, extra, weights)
         write_manifest(manifest, path.parent)
         components[comp] = {"path": comp, "artifact": f"{comp}/{path.name}", "sha256": manifest.sha256,
-                            "size_bytes": manifest.size_bytes, "precision": prec, "inputs": io_specs[0],
+                            "size_bytes": manifest.size_bytes, "precision": prec,
+                            "activations": (result.quantization or {}).get("activations") if prec == "int8" else None,
+                            "inputs": io_specs[0],
                             "outputs": io_specs[1], "delegation": result.delegation, "notes": result.notes}
     p = contract.max_points
     top = {

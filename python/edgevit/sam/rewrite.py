@@ -7,7 +7,9 @@ against the eager module, measured on a real input. What they fix (ExecuTorch/XN
 * Encoder: the neck's bicubic ``ResizeTo`` (gather/clamp/index ops, outside XNNPACK) → two constant
   matrix products (:class:`~edgevit.lowering.rewrite.MatmulBicubicUpsample`); LiteMLA → ``BmmLiteMLA``
   (:func:`~edgevit.lowering.rewrite.export_friendly`); the channel LayerNorm's ``mean`` over C → a 1×1
-  convolution with constant weights 1/C.
+  convolution with constant weights 1/C. For dynamic int8 activations (.pte) also an identity depthwise
+  conv after the neck's sum (:class:`NhwcIdentity`), float with the bicubic products
+  (:func:`encoder_float_regions`).
 * Decoder: attention's 4-D ``matmul`` (exported as ``expand_copy`` + ``bmm``, ``expand_copy`` not delegated)
   → 3-D ``bmm`` over batch·heads; ``nn.LayerNorm`` / channel LayerNorm (``native_layer_norm`` and
   ``mean`` stay outside XNNPACK) → products with a constant 1/C vector; label comparisons (``eq``,
@@ -48,6 +50,40 @@ class ConvChannelNorm(nn.Module):
         d = x - F.conv2d(x, self.avg)
         d = d / torch.sqrt(F.conv2d(d * d, self.avg) + self.eps)
         return d * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+
+
+class NhwcIdentity(nn.Module):
+    """x ↦ x for N×C×H×W as a depthwise 1×1 convolution with unit weights (exact in float32).
+
+    ExecuTorch 1.5's channels-last pass mis-rewrites a dynamically quantized conv whose input comes from a
+    layout-sensitive op (:mod:`edgevit.lowering.executorch`; upstream fix pytorch/executorch#21637); the SAM neck's first refining conv reads the sum
+    of the bicubic-resized branches (``F.linear`` products). With this conv in between, kept float, the
+    dynamic-int8 encoder runs (without it: "Propagating input shapes failed" at the first run)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, groups=self.weight.shape[0])
+
+
+class DynamicSafeNeck(nn.Module):
+    """:class:`~edgevit.models.efficientvit_sam.SamNeck` (same submodules and names) with :class:`NhwcIdentity`
+    (``nhwc``) between the sum of its input branches and its refining convs."""
+
+    def __init__(self, neck: nn.Module):
+        super().__init__()
+        self.features = neck.features
+        self.input_ops, self.middle, self.output_ops = neck.input_ops, neck.middle, neck.output_ops
+        self.nhwc = NhwcIdentity(neck.output_ops[0].op_list[0].conv.in_channels)
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = None
+        for name, op in zip(self.features, self.input_ops):
+            y = op(feats[name])
+            x = y if x is None else x + y
+        return self.output_ops[0](self.middle(self.nhwc(x)))
 
 
 class LinearLayerNorm(nn.Module):
@@ -272,10 +308,16 @@ def _max_diff(a, b) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-def friendly_encoder(encoder: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[Substitution]]:
-    """A copy of the image encoder for ``example``'s shape (float32 1×3×S×S real image) and its record."""
+def friendly_encoder(encoder: nn.Module, example: torch.Tensor, activations: str = "static"
+                     ) -> tuple[nn.Module, list[Substitution]]:
+    """A copy of the image encoder for ``example``'s shape (float32 1×3×S×S real image) and its record;
+    ``activations="dynamic"`` (int8 .pte) adds :class:`NhwcIdentity` to the neck."""
     new = copy.deepcopy(encoder).eval()
     subs: list[Substitution] = []
+    if activations == "dynamic":
+        new.neck = DynamicSafeNeck(new.neck)
+        subs.append(Substitution("neck", "SamNeck", "DynamicSafeNeck: + an identity depthwise 1x1 conv (float) "
+                                 "after the branch sum, for ExecuTorch's dynamic-int8 layout pass"))
     for name, (h, w) in input_sizes(new, example, ResizeTo).items():
         s = new.get_submodule(name).size
         if (h, w) == (s, s):
@@ -327,14 +369,60 @@ def friendly_decoder(decoder: PromptDecoder, example: tuple[torch.Tensor, ...]
     return new, context, subs
 
 
+ENCODER_DYNAMIC_FLOAT_WHY = ("dynamic int8 (.pte): the bicubic resize products are interpolation, not learned "
+                             "weights, and a dynamically quantized linear on their 4-D input did not compile in "
+                             "XNNPACK; the identity conv after the neck's sum exists only to be float (NhwcIdentity)")
+
+
+def encoder_float_regions(encoder: nn.Module) -> list[FloatRegion]:
+    """What a dynamic-int8 export of a :func:`friendly_encoder` copy keeps float32 by design: the neck's bicubic
+    resize products and its :class:`NhwcIdentity`. Empty for other encoders (static int8 quantizes them)."""
+    names = tuple(n for n, m in encoder.named_modules() if isinstance(m, MatmulBicubicUpsample | NhwcIdentity))
+    if not any(isinstance(m, NhwcIdentity) for m in encoder.modules()):
+        return []
+    return [FloatRegion("neck-resize-and-layout-identity", names, why=ENCODER_DYNAMIC_FLOAT_WHY)]
+
+
 DECODER_FLOAT_WHY = ("the attention key bias is 0 or MASKED (-1e4): an int8 range covering it has ~40-logit "
                      "steps, which flattens every masked softmax; the prompt arithmetic (indicators, sin/cos "
                      "position encoding) builds that bias and the tokens from exact small integers")
 
 
-def decoder_float_regions(decoder: nn.Module) -> list[FloatRegion]:
+DECODER_DYNAMIC_FLOAT_WHY = ("dynamic int8 (.pte): the output upscaling's convs read the token grid made by "
+                             "reshape/transpose and a pixel shuffle, which ExecuTorch 1.5's channels-last pass "
+                             "mis-rewrites for a dynamically quantized conv (the program fails at its first run); the "
+                             "small mask-input features stay float with them (not tried quantized); the two-way "
+                             "transformer's linears, most of the decoder's MACs, are quantized")
+
+
+DECODER_TOKEN_SIDE_WHY = ("dynamic int8 (.pte): these linears see only the prompt/output tokens (under 1% of the "
+                          "decoder's MACs) and carry the mask tokens straight into the hypernetworks; int8 there "
+                          "cost mask agreement (L0 pipeline with the dynamic int8 encoder: 98.71 with them int8)")
+
+
+def decoder_float_regions(decoder: nn.Module, activations: str = "static") -> list[FloatRegion]:
     """The parts of an :class:`ExportPromptDecoder` that an int8 export keeps float32 by design: the prompt
-    slot arithmetic (:class:`SparsePrompt`) and every attention softmax with its scale and key bias."""
+    slot arithmetic (:class:`SparsePrompt`) and every attention softmax with its scale and key bias; with
+    dynamic activations also the mask-input features and the output upscaling (convolutions)."""
     softmaxes = tuple(n for n, m in decoder.named_modules() if isinstance(m, AttentionSoftmax))
     prompt = tuple(n for n, m in decoder.named_modules() if isinstance(m, SparsePrompt))
-    return [FloatRegion("prompt-arithmetic-and-attention-softmax", prompt + softmaxes, why=DECODER_FLOAT_WHY)]
+    regions = [FloatRegion("prompt-arithmetic-and-attention-softmax", prompt + softmaxes, why=DECODER_FLOAT_WHY)]
+    if activations == "dynamic":
+        convs = ("mask_features", "mask_decoder.output_upscaling")
+        regions.append(FloatRegion("convolutions-under-dynamic-activations", convs, why=DECODER_DYNAMIC_FLOAT_WHY))
+        regions.append(FloatRegion("prompt-token-side", _token_side_linears(decoder), why=DECODER_TOKEN_SIDE_WHY))
+    return regions
+
+
+def _token_side_linears(decoder: nn.Module) -> tuple[str, ...]:
+    """Modules of an :class:`ExportPromptDecoder` that only ever see the ~21 prompt/output tokens: self-attention,
+    token MLPs, the token-side projections of the cross-attentions, hypernetworks and IoU head."""
+    md = "mask_decoder"
+    names = [f"{md}.output_hypernetworks_mlps", f"{md}.iou_prediction_head",
+             f"{md}.transformer.final_attn_token_to_image.q_proj", f"{md}.transformer.final_attn_token_to_image.out_proj"]
+    for i in range(len(decoder.mask_decoder.transformer.layers)):
+        b = f"{md}.transformer.layers.{i}"
+        names += [f"{b}.self_attn", f"{b}.mlp", f"{b}.cross_attn_token_to_image.q_proj",
+                  f"{b}.cross_attn_token_to_image.out_proj", f"{b}.cross_attn_image_to_token.k_proj",
+                  f"{b}.cross_attn_image_to_token.v_proj"]
+    return tuple(names)
