@@ -4,13 +4,14 @@
         [--artifacts efficientvit-sam-l0:pte:int8,efficientvit-sam-l0:tflite:fp32,...] [--exports runs/sam_exports]
         [--calib ../shared/data/sam] [--eval-data ../shared/data/sam/grabcut50] [--eval-limit 8]
 
-Rows (random weights, same process, same threads; p50 of ``--runs`` timed calls after one warm-up):
+Rows (random weights, same process, same threads; p50 of ``--runs`` timed calls after one warm-up, the rows
+timed in interleaved rounds):
 - efficientvit-sam-l0 / -xl0 image encoder, eager fp32 PyTorch, at 512 / 1024
 - SAM ViT-B image encoder (our own implementation, benchmarks/sam_vit_b.py), eager fp32, at 1024
 - the prompt decoder (16 prompt slots, mask input on) of L0, eager fp32
 - exported artifacts (``--artifacts id:format:precision[:decoder_precision[:activations]],...``; format pte |
-  tflite | onnx, encoder at ``precision``, decoder at ``decoder_precision``, default fp32; ``activations``:
-  the int8 encoder's static (default) | dynamic): the folder ``--exports/<id>-<format>-<precision>``
+  tflite | onnx, encoder at ``precision``, decoder at ``decoder_precision``, default fp32; ``activations`` of
+  the int8 components: static (default) | dynamic): the folder ``--exports/<id>-<format>-<precision>``
   (``-dec<decoder_precision>`` appended when it is not fp32, ``-dynamic`` for dynamic activations) is reused
   when it exists, else written by ``export_sam``
   (int8 calibrated on the photos of ``--calib``, gated on ``--eval-data``; a failing gate is reported and that
@@ -57,14 +58,25 @@ class Row:
     agreement: float | None = None  # mask mIoU vs float, %
     model_id: str = ""
 
-    def measure(self) -> None:
-        self.fn()  # warm-up
-        times = []
-        for _ in range(self.runs):
-            start = time.perf_counter()
-            self.fn()
-            times.append(time.perf_counter() - start)
-        self.p50_s = statistics.median(times)
+
+
+def measure_interleaved(table: list[Row]) -> None:
+    """One warm-up call per row, then round-robin rounds: round k times every row that wants a k-th run (rows
+    with fewer runs, e.g. ViT-B, drop out early), so a load change on this shared machine hits every row alike
+    instead of whichever rows were timed during it. Sets each row's ``p50_s``."""
+    for row in table:
+        print(f"warming up {row.name} ({row.runner}) ...", file=sys.stderr, flush=True)
+        row.fn()
+    times: list[list[float]] = [[] for _ in table]
+    for k in range(max(row.runs for row in table)):
+        print(f"round {k + 1} ...", file=sys.stderr, flush=True)
+        for row, ts in zip(table, times):
+            if k < row.runs:
+                start = time.perf_counter()
+                row.fn()
+                ts.append(time.perf_counter() - start)
+    for row, ts in zip(table, times):
+        row.p50_s = statistics.median(ts)
 
 
 def _encoder_row(model_id: str, runs: int) -> tuple[Row, torch.nn.Module]:
@@ -185,9 +197,7 @@ def main() -> None:
     table, macs = rows(args)
     table += _artifact_rows(args)
     load_before = os.getloadavg()
-    for row in table:
-        print(f"measuring {row.name} ({row.runner}, {row.runs} runs) ...", file=sys.stderr, flush=True)
-        row.measure()
+    measure_interleaved(table)
     load_after = os.getloadavg()
     l0 = table[0].p50_s
     lines = [f"threads={args.threads}, torch {torch.__version__}; ratios against the L0 encoder in this run; "
