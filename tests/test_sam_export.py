@@ -295,19 +295,38 @@ def test_dynamic_int8_components_record_their_scheme_and_stay_close(tiny, shared
     assert 20 < _sqnr_db(masks, ref_masks) < 80
 
 
-def test_dynamic_activations_need_an_int8_pte_encoder(tiny, shared_data, tmp_path):
-    for fmt, precision, match in (("tflite", "int8", "tflite: int8 activations 'dynamic' are not implemented"),
-                                  ("onnx", "int8", "onnx: int8 activations 'dynamic'"),
-                                  ("pte", "fp32", "applies to int8 components")):
+def test_dynamic_activations_are_refused_where_not_implemented(tiny, shared_data, tmp_path):
+    for fmt, precision, dec, match in (("onnx", "int8", "fp32", "onnx: int8 activations 'dynamic' are not implemented"),
+                                       ("pte", "fp32", "fp32", "applies to int8 components"),
+                                       ("tflite", "int8", "int8", "tflite: a dynamic int8 decoder needs declared")):
         with pytest.raises(EdgevitError, match=match):
-            export_sam(tiny, fmt, precision, tmp_path / "x", calib=shared_data / SA_EXAMPLES,
+            export_sam(tiny, fmt, precision, tmp_path / "x", calib=shared_data / SA_EXAMPLES, decoder_precision=dec,
                        eval_data=shared_data / GRABCUT, progress=False, activations="dynamic")
     assert not (tmp_path / "x").exists()
+
+
+def test_tflite_dynamic_int8_encoder(tiny, exported, shared_data, tmp_path):
+    """.tflite int8 with dynamic activations: ai-edge-quantizer's dynamic recipe on the fp32 flatbuffer (no
+    calibration, no NhwcIdentity), embeddings close to float."""
+    out = tmp_path / "sam"
+    top = export_sam(tiny, "tflite", "int8", out, calib=shared_data / SA_EXAMPLES, eval_data=shared_data / GRABCUT,
+                     eval_limit=1, threads=1, gate=None, progress=False, activations="dynamic")
+    assert top["components"]["encoder"]["activations"] == "dynamic"
+    m = json.loads((out / "encoder" / "manifest.json").read_text())
+    assert "dynamic_wi8_afp32" in m["quantization"]["scheme"] and m["quantization"]["calibration_images"] == 0
+    assert not any(s["name"] == "neck" for s in m["substitutions"])  # the .pte layout workaround is not applied
+    _, _, x, _ = _real_inputs(tiny, shared_data)
+    emb, _ = load_sam_artifacts(out, threads=1).encode(x.numpy())
+    with torch.inference_mode():
+        ref = tiny.image_encoder(x).numpy()
+    assert 25 < _sqnr_db(emb, ref) < 80
+    fp32_size = exported("tflite")[1]["components"]["encoder"]["size_bytes"]
+    assert m["size_bytes"] < 0.5 * fp32_size  # int8 weights
 
 
 def test_export_cli_takes_dynamic_activations_for_sam_only(tmp_path, capsys):
     args = ["export", "efficientvit-seg-b0-cityscapes", "--format", "pte", "--precision", "int8", "--activations",
             "dynamic", "--out", str(tmp_path / "x")]
     assert main(args) == 2
-    assert "implemented for SAM image encoders (.pte) so far" in capsys.readouterr().err
+    assert "implemented for SAM exports so far" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -123,7 +123,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
     if getattr(get_model_entry(a.model).contract, "task", None) == "promptable-segmentation":
         return _cmd_export_sam(a)
     if a.activations != "static":
-        raise EdgevitError(f"--activations {a.activations}: implemented for SAM image encoders (.pte) so far; "
+        raise EdgevitError(f"--activations {a.activations}: implemented for SAM exports so far; "
                            f"{a.model} exports with static int8 activations")
     m = export(a.model, a.format, a.precision, a.out, weights=a.weights, labelset=a.labelset, calib=a.calib,
                calib_layout=a.calib_layout, eval_data=a.eval_data, eval_layout=a.eval_layout,
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--decoder-precision", default="fp32", help="SAM: prompt decoder precision (fp32 | int8, gated)")
     s.add_argument("--activations", default="static", choices=("static", "dynamic"),
                    help="int8 activations: static (calibrated ranges) | dynamic (run-time ranges at conv/linear "
-                        "inputs, float between; SAM int8 encoder/decoder, .pte)")
+                        "inputs, float between; SAM: .pte encoder/decoder, .tflite encoder)")
     s.add_argument("--min-agreement", type=float, help="segmentation gate: pixel agreement with float (default 0.98)")
     s.add_argument("--no-gate", action="store_true", help="write the artifact even if it misses the budget")
     s.add_argument("--threads", type=int, default=2)

@@ -168,7 +168,7 @@ def check_activations(request: ExportRequest, backend: str, modes: Sequence[str]
     """Refuse an int8 activation mode that ``backend`` does not implement."""
     if request.precision == "int8" and request.activations not in modes:
         raise EdgevitError(f"{backend}: int8 activations {request.activations!r} are not implemented for this "
-                           f"format (it has {', '.join(modes)}); export .pte for dynamic activations")
+                           f"format (it has {', '.join(modes)}); export .pte or .tflite for dynamic activations")
 
 
 def check_dtypes(request: ExportRequest, backend: str, dtypes: Sequence[str]) -> None:

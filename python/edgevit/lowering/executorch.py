@@ -12,15 +12,17 @@ observer) on conv / linear / add / cat outputs; ops the quantizer does not annot
 products and its normaliser) run in float32 inside the same delegate, between dequantize/quantize.
 Modules named in ``keep_float`` are not annotated at all, so their weights and arithmetic stay float32.
 ``activations="dynamic"``: the same int8 weights, but activations are quantized at run time (XNNPACK qd8:
-each tensor's own range, per image for convolutions) only where they enter a conv / linear; adds,
-activation functions and everything else stay float32, so there is no calibration to mis-fit and no
-requantization between layers. The quantizer has no dynamic pattern for depthwise convs or for a conv
-followed by ReLU: those stay float32 (listed in the report's ``float_weighted_ops``) (L0 SAM backbone, session measurement: output SQNR 40.9 vs 34.4 dB static,
-86 vs 77 ms). ExecuTorch 1.5's channels-last pass mis-rewrites a dynamically quantized conv whose input is
-produced by a layout-sensitive op (linear, pixel shuffle): its dynamic-quant traceback walks past the q/dq pair
-into ordinary compute, and the graph fails at run time ("Propagating input shapes failed"; fixed upstream by
-pytorch/executorch#21637, merged 2026-08-07, not in the pinned 1.5.1). Models must keep such producers float and put a conv-shaped op between (see
-:class:`edgevit.sam.rewrite.NhwcIdentity`); the runner's first load-and-run in the export gate catches it.
+each tensor's own range, per image for convolutions, per row for linears) only where they enter a conv /
+linear; adds, activation functions and everything else stay float32, so there is no calibration to mis-fit
+and no requantization between layers. The quantizer has no dynamic pattern for depthwise convs or for a
+conv followed by ReLU: those stay float32 (listed in the report's ``float_weighted_ops``). L0 SAM backbone,
+session measurement: output SQNR 40.9 vs 34.4 dB static, 86 vs 77 ms.
+ExecuTorch 1.5's channels-last pass mis-rewrites a dynamically quantized conv whose input is produced by a
+layout-sensitive op (linear, pixel shuffle): its dynamic-quant traceback walks past the q/dq pair into
+ordinary compute, and the graph fails at run time ("Propagating input shapes failed"; fixed upstream by
+pytorch/executorch#21637, merged 2026-08-07, not in the pinned 1.5.1). Models must keep such producers
+float and put a conv-shaped op between (see :class:`edgevit.sam.rewrite.NhwcIdentity`); the export gate's
+first load-and-run catches it.
 
 Runtime: ``executorch.runtime``; its XNNPACK thread pool is process-wide and is resized with the
 (experimental) ``_unsafe_reset_threadpool`` binding when ``threads`` is given, only while no other runner

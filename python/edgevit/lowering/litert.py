@@ -18,6 +18,10 @@ fp16
     biases and activations stay float32. This halves the weights, not the compute: on CPU the XNNPACK
     delegate converts each fp16 weight back to fp32 once, when it builds its graph, and computes in fp32
     (it would compute in fp16 only if told to force fp16 inference, which this runner never does).
+int8, ``activations="dynamic"``
+    The fp32 flatbuffer through ai-edge-quantizer's ``dynamic_wi8_afp32`` recipe (:func:`dynamic_int8`):
+    int8 per-channel weights, float32 activations that the runtime quantizes on the fly at each quantized
+    op; no calibration, no keep_float / float regions (every supported op is quantized).
 int8
     Full-integer post-training quantization with litert-torch's PT2E flow: ``prepare_pt2e`` with a
     :class:`litert_torch.quantize.pt2e_quantizer.PT2EQuantizer` (weights int8 symmetric per output
@@ -180,6 +184,25 @@ def fp16_weights(fp32: bytes) -> bytes:
         result = quantizer.quantize(enable_progress_bar=False, enable_progress_report=False)
     except Exception as exc:
         raise EdgevitError(f"fp16 weight casting failed ({type(exc).__name__}: {_first_line(exc)})") from exc
+    return bytes(result.quantized_model)
+
+
+DYNAMIC_SCHEME = ("ai-edge-quantizer dynamic_wi8_afp32 on the fp32 flatbuffer: weights int8 symmetric per output "
+                  "channel; activations float32, quantized to int8 on the fly (per tensor) at each quantized op "
+                  "by the runtime")
+
+
+def dynamic_int8(fp32: bytes) -> bytes:
+    """fp32 ``.tflite`` → int8 weights with dynamically quantized activations (``dynamic_wi8_afp32``): L0 SAM
+    encoder, session measurement: embeddings 38.8 dB SQNR against the fp32 flatbuffer, 159 vs 370 ms."""
+    aeq = require("ai_edge_quantizer.quantizer", _EXTRA, "dynamic int8 LiteRT export")
+    recipe = require("ai_edge_quantizer.recipe", _EXTRA, "dynamic int8 LiteRT export")
+    quantizer = aeq.Quantizer(bytearray(fp32))
+    quantizer.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    try:
+        result = quantizer.quantize(enable_progress_bar=False, enable_progress_report=False)
+    except Exception as exc:
+        raise EdgevitError(f"dynamic int8 quantization failed ({type(exc).__name__}: {_first_line(exc)})") from exc
     return bytes(result.quantized_model)
 
 
@@ -659,20 +682,29 @@ class LiteRTBackend:
     name = "tflite"
     extension = ".tflite"
     precisions = ("fp32", "fp16", "int8")
-    activation_modes = ("static",)
+    activation_modes = ("static", "dynamic")
     dtypes = ("float32", "int32")  # the converter turns int64 inputs into int32 ones: declare them int32
     extra = _EXTRA
 
     def export(self, request: ExportRequest) -> ExportResult:
         _check_request(request)
         model = request.model.eval()
-        if request.precision == "int8":
+        dynamic = request.precision == "int8" and request.activations == "dynamic"
+        if request.precision == "int8" and not dynamic:
             calibration = check_calibration(request.calibration, request.inputs, "LiteRT")
             keep = check_keep_float(model, request.keep_float)
+        if dynamic and (request.keep_float or request.float_regions):
+            raise EdgevitError("tflite: dynamic int8 activations quantize every supported op (ai-edge-quantizer "
+                               "recipe); keep_float and float regions are not supported with them")
         versions = tool_versions()
         notes: list[str] = []
         quant: dict[str, Any] | None = None
-        if request.precision == "int8":
+        if dynamic:
+            content, pads = export_fp32(model, request.inputs)
+            content = dynamic_int8(content)
+            quant = {"scheme": DYNAMIC_SCHEME, "activations": "dynamic", "calibration_images": 0}
+            notes.append("int8 dynamic: int8 weights, float32 activations quantized on the fly by the runtime")
+        elif request.precision == "int8":
             content, quant = quantize_int8(model, calibration, keep, request.float_regions)
             edits = quant["graph_edits"]
             pads = edits["zero_fill_pads"]

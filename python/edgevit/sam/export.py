@@ -181,8 +181,8 @@ def export_sam(
     (mask mIoU vs float drops ≤ 1.0 point), a :class:`MaskGate`, or None to write even on failure.
     ``keep_float``: encoder module names to leave un-quantized. ``activations``: how the int8 components
     (encoder and/or decoder) quantize activations, ``"static"`` (calibrated ranges, every format) or
-    ``"dynamic"`` (run-time ranges at conv / linear inputs, float32 between; .pte only,
-    :class:`~edgevit.lowering.base.ExportRequest`).
+    ``"dynamic"`` (run-time ranges at conv / linear inputs, float32 between; .pte, and .tflite for the
+    encoder; :class:`~edgevit.lowering.base.ExportRequest`).
     """
     from ..models import create_model
 
@@ -195,7 +195,10 @@ def export_sam(
                            f"{decoder_precision})")
     if activations not in backend.activation_modes:
         raise EdgevitError(f"{format}: int8 activations {activations!r} are not implemented for this format (it "
-                           f"has {', '.join(backend.activation_modes)}); export pte for dynamic activations")
+                           f"has {', '.join(backend.activation_modes)}); export pte or tflite for dynamic activations")
+    if activations == "dynamic" and decoder_precision == "int8" and format != "pte":
+        raise EdgevitError(f"{format}: a dynamic int8 decoder needs declared float regions, which only .pte honours "
+                           "with dynamic activations; use --decoder-precision fp32 or --format pte")
     model = create_model(model_id, weights=weights) if isinstance(model_id, str) else model_id.eval()
     name = model_id if isinstance(model_id, str) else getattr(model, "model_id", type(model).__name__)
     contract = getattr(model, "contract", None)
@@ -223,7 +226,9 @@ def export_sam(
     reference = FloatReference(Predictor(model), gate_set)
     example = torch.from_numpy(calib_inputs[0] if calib_inputs else prep(reference.images[0]))
     enc_activations = activations if precision == "int8" else "static"
-    enc_friendly, enc_subs = friendly_encoder(model.image_encoder, example, enc_activations)
+    # NhwcIdentity works around ExecuTorch's layout pass; other formats get the plain rewrite
+    enc_friendly, enc_subs = friendly_encoder(model.image_encoder, example,
+                                              enc_activations if format == "pte" else "static")
     enc_regions = tuple(encoder_float_regions(enc_friendly)) if precision == "int8" else ()
     probe = Predictor(model)
     probe.set_image(reference.images[0])

@@ -418,8 +418,8 @@ def _token_side_linears(decoder: nn.Module) -> tuple[str, ...]:
     """Modules of an :class:`ExportPromptDecoder` that only ever see the ~21 prompt/output tokens: self-attention,
     token MLPs, the token-side projections of the cross-attentions, hypernetworks and IoU head."""
     md = "mask_decoder"
-    names = [f"{md}.output_hypernetworks_mlps", f"{md}.iou_prediction_head",
-             f"{md}.transformer.final_attn_token_to_image.q_proj", f"{md}.transformer.final_attn_token_to_image.out_proj"]
+    final = f"{md}.transformer.final_attn_token_to_image"
+    names = [f"{md}.output_hypernetworks_mlps", f"{md}.iou_prediction_head", f"{final}.q_proj", f"{final}.out_proj"]
     for i in range(len(decoder.mask_decoder.transformer.layers)):
         b = f"{md}.transformer.layers.{i}"
         names += [f"{b}.self_attn", f"{b}.mlp", f"{b}.cross_attn_token_to_image.q_proj",
