@@ -59,7 +59,6 @@ class Row:
     model_id: str = ""
 
 
-
 def measure_interleaved(table: list[Row]) -> None:
     """One warm-up call per row, then round-robin rounds: round k times every row that wants a k-th run (rows
     with fewer runs, e.g. ViT-B, drop out early), so a load change on this shared machine hits every row alike

@@ -24,16 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 from edgevit import io  # noqa: E402
+from edgevit.fidelity import sqnr_db  # noqa: E402
 from edgevit.models import create_model  # noqa: E402
 from edgevit.sam import Predictor  # noqa: E402
 from edgevit.sam.evaluate import open_sam_dataset  # noqa: E402
 from edgevit.sam.fidelity import FloatReference  # noqa: E402
 
 SQNR_LEVELS_DB = (25, 30, 35, 40, 45, 50)
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10((ref**2).sum() / max(float(((ref - got) ** 2).sum()), 1e-30)))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 import edgevit
 from edgevit.errors import EdgevitError, MissingDependencyError
+from edgevit.fidelity import sqnr_db
 from edgevit.io import read_image
 from edgevit.lowering.base import BACKENDS, ExportRequest, get_backend
 from edgevit.lowering.rewrite import BmmLiteMLA, export_friendly
@@ -283,10 +284,6 @@ class _ConvNet(nn.Module):
         return self.head(x)
 
 
-def _sqnr_db(y: np.ndarray, ref: np.ndarray) -> float:
-    return float(10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((y - ref).astype(np.float64) ** 2).sum()))
-
-
 def test_dynamic_int8_activations_are_more_precise_than_static(photos, tmp_path):
     torch.manual_seed(0)
     model = _ConvNet().eval()
@@ -306,7 +303,7 @@ def test_dynamic_int8_activations_are_more_precise_than_static(photos, tmp_path)
         assert ("is_dynamic" in q["scheme"]) == (mode == "dynamic")
         assert q["calibration_images"] == (0 if mode == "dynamic" else 3)  # dynamic ranges observe nothing
         assert result.delegation["non_delegated_compute_nodes"] == 0
-        sqnr[mode] = _sqnr_db(get_backend("pte").load(out, _manifest((1, 3, 64, 128), "int8"))(xs[4]), ref)
+        sqnr[mode] = sqnr_db(ref, get_backend("pte").load(out, _manifest((1, 3, 64, 128), "int8"))(xs[4]))
     # run-time ranges at conv inputs, float adds: no requantization of the residual stream
     assert sqnr["dynamic"] > sqnr["static"] + 3 and sqnr["dynamic"] > 30, sqnr
 

@@ -17,6 +17,7 @@ from edgevit import io, load_artifact, processing
 from edgevit.cli import main
 from edgevit.errors import EdgevitError
 from edgevit.export import GateError
+from edgevit.fidelity import sqnr_db
 from edgevit.models.efficientvit_sam import SamContract, build
 from edgevit.sam import Predictor
 from edgevit.sam.evaluate import open_sam_dataset
@@ -107,13 +108,18 @@ def test_folder_layout_and_top_manifest_tie_the_components(pte_folder):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
+def _run_decoder(dec, ctx, dec_in, tiny) -> dict[str, np.ndarray]:
+    """The context then the decoder artifact on the eager decoder's inputs ``dec_in``."""
+    image_context = ctx.run({"embeddings": dec_in[0]})["image_context"]
+    names = [s.name for s in tiny.contract.decoder_artifact_inputs]
+    return dec.run(dict(zip(names, (dec_in[0], image_context, *dec_in[1:]))))
+
+
 def _assert_decoder_matches(dec, ctx, dec_in, tiny, rel: float) -> None:
     """The context and decoder artifacts together reproduce the eager prompt decoder on ``dec_in``."""
     with torch.inference_mode():
         ref_masks, ref_iou = (t.numpy() for t in tiny.prompt_decoder(*(torch.from_numpy(a) for a in dec_in)))
-    image_context = ctx.run({"embeddings": dec_in[0]})["image_context"]
-    names = [s.name for s in tiny.contract.decoder_artifact_inputs]
-    y = dec.run(dict(zip(names, (dec_in[0], image_context, *dec_in[1:]))))
+    y = _run_decoder(dec, ctx, dec_in, tiny)
     np.testing.assert_allclose(y["masks"], ref_masks, atol=rel * np.abs(ref_masks).max())
     np.testing.assert_allclose(y["iou"], ref_iou, atol=rel * np.abs(ref_iou).max())
 
@@ -252,10 +258,6 @@ def test_int8_encoder_is_calibrated_on_photos_and_measured(tiny, shared_data, tm
     _assert_decoder_matches(art.decoder, art.context, _real_inputs(tiny, shared_data)[3], tiny, 1e-4)  # fp32 decoder
 
 
-def _sqnr_db(y: np.ndarray, ref: np.ndarray) -> float:
-    return float(10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((y - ref).astype(np.float64) ** 2).sum()))
-
-
 def test_dynamic_int8_components_record_their_scheme_and_stay_close(tiny, shared_data, tmp_path):
     """.pte int8 encoder and decoder with dynamic activations: run-time ranges at conv / linear inputs; the neck's
     resize products, its layout identity and the decoder's convs float (declared); the rewrite exact; embeddings
@@ -288,11 +290,8 @@ def test_dynamic_int8_components_record_their_scheme_and_stay_close(tiny, shared
     with torch.inference_mode():
         ref = tiny.image_encoder(x).numpy()
         ref_masks = tiny.prompt_decoder(*(torch.from_numpy(a) for a in dec_in))[0].numpy()
-    assert 25 < _sqnr_db(emb, ref) < 80  # quantized (not float), and close
-    names = [s.name for s in tiny.contract.decoder_artifact_inputs]
-    image_context = art.context.run({"embeddings": dec_in[0]})["image_context"]
-    masks = art.decoder.run(dict(zip(names, (dec_in[0], image_context, *dec_in[1:]))))["masks"]
-    assert 20 < _sqnr_db(masks, ref_masks) < 80
+    assert 25 < sqnr_db(ref, emb) < 80  # quantized (not float), and close
+    assert 20 < sqnr_db(ref_masks, _run_decoder(art.decoder, art.context, dec_in, tiny)["masks"]) < 80
 
 
 def test_dynamic_activations_are_refused_where_not_implemented(tiny, shared_data, tmp_path):
@@ -319,7 +318,7 @@ def test_tflite_dynamic_int8_encoder(tiny, exported, shared_data, tmp_path):
     emb, _ = load_sam_artifacts(out, threads=1).encode(x.numpy())
     with torch.inference_mode():
         ref = tiny.image_encoder(x).numpy()
-    assert 25 < _sqnr_db(emb, ref) < 80
+    assert 25 < sqnr_db(ref, emb) < 80
     fp32_size = exported("tflite")[1]["components"]["encoder"]["size_bytes"]
     assert m["size_bytes"] < 0.5 * fp32_size  # int8 weights
 

@@ -164,10 +164,11 @@ class ExportRequest:
         return tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in self.inputs)
 
 
-def check_activations(request: ExportRequest, backend: str, modes: Sequence[str]) -> None:
-    """Refuse an int8 activation mode that ``backend`` does not implement."""
-    if request.precision == "int8" and request.activations not in modes:
-        raise EdgevitError(f"{backend}: int8 activations {request.activations!r} are not implemented for this "
+def check_activations(precision: str, activations: str, backend: str, modes: Sequence[str]) -> None:
+    """Refuse an int8 activation mode that ``backend`` does not implement (callers check a request's
+    ``precision, activations``, or a pipeline's before it lowers anything)."""
+    if precision == "int8" and activations not in modes:
+        raise EdgevitError(f"{backend}: int8 activations {activations!r} are not implemented for this "
                            f"format (it has {', '.join(modes)}); export .pte or .tflite for dynamic activations")
 
 

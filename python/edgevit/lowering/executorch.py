@@ -233,7 +233,7 @@ class ExecuTorchBackend:
             raise EdgevitError(f"pte: precision {request.precision!r} is not supported; "
                                f"choose one of {self.precisions}")
         check_dtypes(request, "pte", self.dtypes)
-        check_activations(request, "pte", self.activation_modes)
+        check_activations(request.precision, request.activations, "pte", self.activation_modes)
         calibration = _calibration_tensors(request)
         exir = _require("executorch.exir", "ExecuTorch export")
         partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")

@@ -124,7 +124,7 @@ def _check_request(request: ExportRequest) -> None:
         raise EdgevitError(f"tflite: precision {request.precision!r} is not supported; choose one of "
                            f"{LiteRTBackend.precisions}")
     check_dtypes(request, "tflite", LiteRTBackend.dtypes)
-    check_activations(request, "tflite", LiteRTBackend.activation_modes)
+    check_activations(request.precision, request.activations, "tflite", LiteRTBackend.activation_modes)
     if Path(request.out_path).suffix != LiteRTBackend.extension:
         raise EdgevitError(f"{request.out_path}: a LiteRT artifact must end in {LiteRTBackend.extension}")
     if request.precision != "int8" and request.keep_float:

@@ -352,7 +352,7 @@ def _check_request(request: ExportRequest, precisions: tuple[str, ...]) -> None:
         raise EdgevitError(f"the onnx backend exports {', '.join(precisions)}, not {request.precision!r}; "
                            "fp16 engines come from the fp32 ONNX via TensorRT (edgevit trt-build)")
     check_dtypes(request, "onnx", OnnxBackend.dtypes)
-    check_activations(request, "onnx", OnnxBackend.activation_modes)
+    check_activations(request.precision, request.activations, "onnx", OnnxBackend.activation_modes)
     if request.model.training:
         raise EdgevitError("the model is in training mode; call model.eval() before export")
 

@@ -154,12 +154,16 @@ class SamNeck(nn.Module):
         self.middle = Chain([Residual(FusedMBConv(width, width, 1, expand, style), skip=True) for _ in range(depth)])
         self.output_ops = nn.ModuleList([Chain([ConvUnit(width, EMBED_DIM, 1, bias=True, bn_eps=None)])])
 
-    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    def merge(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of the projected, resized input branches: N×width×64×64."""
         x = None
         for name, op in zip(self.features, self.input_ops):
             y = op(feats[name])
             x = y if x is None else x + y
-        return self.output_ops[0](self.middle(x))
+        return x
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.output_ops[0](self.middle(self.merge(feats)))
 
 
 class LayerNorm2dEViT(nn.LayerNorm):

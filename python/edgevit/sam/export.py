@@ -36,7 +36,7 @@ import torch
 from .. import io, processing
 from ..errors import EdgevitError
 from ..export import GateError, _replace_dir, _tool_versions, gate_error, gated_fallback
-from ..lowering.base import ExportRequest, ExportResult, IOSpec, get_backend
+from ..lowering.base import ExportRequest, ExportResult, IOSpec, check_activations, get_backend
 from ..manifest import MANIFEST_NAME, Manifest, read_folder_manifest, sha256_file, verify_component, write_manifest
 from ..quantize.calibration import load_image_set
 from .evaluate import open_sam_dataset
@@ -193,9 +193,7 @@ def export_sam(
     if activations != "static" and "int8" not in (precision, decoder_precision):
         raise EdgevitError(f"--activations {activations}: applies to int8 components (encoder {precision}, decoder "
                            f"{decoder_precision})")
-    if activations not in backend.activation_modes:
-        raise EdgevitError(f"{format}: int8 activations {activations!r} are not implemented for this format (it "
-                           f"has {', '.join(backend.activation_modes)}); export pte or tflite for dynamic activations")
+    check_activations("int8", activations, format, backend.activation_modes)  # before any lowering
     if activations == "dynamic" and decoder_precision == "int8" and format != "pte":
         raise EdgevitError(f"{format}: a dynamic int8 decoder needs declared float regions, which only .pte honours "
                            "with dynamic activations; use --decoder-precision fp32 or --format pte")
@@ -229,7 +227,7 @@ def export_sam(
     # NhwcIdentity works around ExecuTorch's layout pass; other formats get the plain rewrite
     enc_friendly, enc_subs = friendly_encoder(model.image_encoder, example,
                                               enc_activations if format == "pte" else "static")
-    enc_regions = tuple(encoder_float_regions(enc_friendly)) if precision == "int8" else ()
+    enc_regions = tuple(encoder_float_regions(enc_friendly))  # empty unless the dynamic .pte rewrite ran
     probe = Predictor(model)
     probe.set_image(reference.images[0])
     dec_example = (probe.embeddings, *probe.prompt_arrays(box=gate_set[0].box))
@@ -301,7 +299,7 @@ def export_sam(
         top = _write_folder(tmp, name, format, precision, decoder_precision, contract_dict, contract,
                             (enc_path, enc_io, enc_result, enc_subs, enc_regions), (ctx_path, ctx_io, ctx_result, []),
                             (dec_path, dec_io, dec_result, dec_subs, dec_regions), fid, gate or MaskGate(), failures,
-                            calib_set, kept, sensitivity, eval_data, weights)
+                            calib_set, kept, sensitivity, eval_data, weights, activations)
         _replace_dir(tmp, out)
     finally:
         runners.clear()
@@ -311,7 +309,7 @@ def export_sam(
 
 def _write_folder(tmp: Path, name, format, precision, decoder_precision, contract_dict, contract, enc, ctx, dec,
                   fid: MaskAgreement, gate: MaskGate, failures, calib_set, kept, sensitivity, eval_data,
-                  weights) -> dict[str, Any]:
+                  weights, activations: str) -> dict[str, Any]:
     verdict = "passed" if not failures else "failed, written with --no-gate: " + "; ".join(failures)
     fidelity = {**fid.to_dict(), "summary": fid.summary(), "data": str(eval_data),
                 "prompts": "box (single-mask output) and first click (3 multimask outputs), per output index",
@@ -323,16 +321,15 @@ def _write_folder(tmp: Path, name, format, precision, decoder_precision, contrac
         extra: dict[str, Any] = {"fidelity": {"measured_as": "the encoder+decoder pipeline, see ../manifest.json",
                                               "mask_miou_vs_float": round(fid.miou, 3), "gate_result": verdict}}
         if prec == "int8" and comp == "encoder":
-            dynamic = (result.quantization or {}).get("activations") == "dynamic"
             extra["calibration"] = ({"used": "no: dynamic activations take their ranges at run time; the first "
                                              "photo only traced the graph", **calib_set.describe()}
-                                    if dynamic else calib_set.describe())
+                                    if activations == "dynamic" else calib_set.describe())
             extra["quantization"] = {"kept_float": kept, "float_regions": [r.to_dict() for r in regions[0]],
                                      "sensitivity": [x.to_dict() for x in sensitivity] if sensitivity else None}
         if prec == "int8" and comp == "decoder":
             extra["calibration"] = {"samples": "float embeddings of eval photos after the gate's, with their box "
                                                "and first-click prompts"}
-            if (result.quantization or {}).get("activations") == "dynamic":
+            if activations == "dynamic":
                 extra["calibration"]["used"] = "no: dynamic activations take their ranges at run time"
             extra["quantization"] = {"float_regions": [r.to_dict() for r in regions[0]]}
         manifest = _component_manifest(name, format, prec, path, io_specs, {**contract_dict, "component": comp},
@@ -340,7 +337,7 @@ def _write_folder(tmp: Path, name, format, precision, decoder_precision, contrac
         write_manifest(manifest, path.parent)
         components[comp] = {"path": comp, "artifact": f"{comp}/{path.name}", "sha256": manifest.sha256,
                             "size_bytes": manifest.size_bytes, "precision": prec,
-                            "activations": (result.quantization or {}).get("activations") if prec == "int8" else None,
+                            "activations": activations if prec == "int8" else None,  # int8 components share it
                             "inputs": io_specs[0],
                             "outputs": io_specs[1], "delegation": result.delegation, "notes": result.notes}
     p = contract.max_points

@@ -33,7 +33,7 @@ from torch import nn
 from ..lowering.float_region import FloatRegion
 from ..lowering.rewrite import (MatmulBicubicUpsample, SubpixelConvTranspose, Substitution, export_friendly,
                                 input_sizes, set_module)
-from ..models.efficientvit_sam import LayerNorm2dEViT, ResizeTo
+from ..models.efficientvit_sam import LayerNorm2dEViT, ResizeTo, SamNeck
 from ..models.sam_decoder import MASKED, Attention, LayerNorm2d, PromptDecoder
 
 
@@ -56,13 +56,14 @@ class NhwcIdentity(nn.Module):
     """x ↦ x for N×C×H×W as a depthwise 1×1 convolution with unit weights (exact in float32).
 
     ExecuTorch 1.5's channels-last pass mis-rewrites a dynamically quantized conv whose input comes from a
-    layout-sensitive op (:mod:`edgevit.lowering.executorch`; upstream fix pytorch/executorch#21637); the SAM neck's first refining conv reads the sum
-    of the bicubic-resized branches (``F.linear`` products). With this conv in between, kept float, the
-    dynamic-int8 encoder runs (without it: "Propagating input shapes failed" at the first run): the conv's
-    output is already channels-last, so the pass returns before its dynamic-quant conversion (whose unbounded
-    walk back through first arguments is the bug). The program's correctness is measured, not assumed: the
-    export gate compares its masks with the float model's (L0: 99.23-99.42) and the tests bound its embedding
-    SQNR. Not needed once the pinned ExecuTorch carries the upstream fix."""
+    layout-sensitive op (:mod:`edgevit.lowering.executorch`; upstream fix pytorch/executorch#21637); the SAM
+    neck's first refining conv reads the sum of the bicubic-resized branches (``F.linear`` products). With
+    this conv in between, kept float, the dynamic-int8 encoder runs (without it: "Propagating input shapes
+    failed" at the first run): the conv's output is already channels-last, so the pass returns before its
+    dynamic-quant conversion (whose unbounded walk back through first arguments is the bug). The program's
+    correctness is measured, not assumed: the export gate compares its masks with the float model's (L0:
+    99.23-99.42) and the tests bound its embedding SQNR. Not needed once the pinned ExecuTorch carries the
+    upstream fix."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -72,22 +73,18 @@ class NhwcIdentity(nn.Module):
         return F.conv2d(x, self.weight, groups=self.weight.shape[0])
 
 
-class DynamicSafeNeck(nn.Module):
-    """:class:`~edgevit.models.efficientvit_sam.SamNeck` (same submodules and names) with :class:`NhwcIdentity`
+class DynamicSafeNeck(SamNeck):
+    """A :class:`~edgevit.models.efficientvit_sam.SamNeck` (same submodules and names) with :class:`NhwcIdentity`
     (``nhwc``) between the sum of its input branches and its refining convs."""
 
-    def __init__(self, neck: nn.Module):
-        super().__init__()
+    def __init__(self, neck: SamNeck):
+        nn.Module.__init__(self)  # adopt ``neck``'s built submodules instead of building new ones
         self.features = neck.features
         self.input_ops, self.middle, self.output_ops = neck.input_ops, neck.middle, neck.output_ops
         self.nhwc = NhwcIdentity(neck.output_ops[0].op_list[0].conv.in_channels)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = None
-        for name, op in zip(self.features, self.input_ops):
-            y = op(feats[name])
-            x = y if x is None else x + y
-        return self.output_ops[0](self.middle(self.nhwc(x)))
+        return self.output_ops[0](self.middle(self.nhwc(self.merge(feats))))
 
 
 class LinearLayerNorm(nn.Module):
