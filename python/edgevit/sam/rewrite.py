@@ -497,8 +497,8 @@ def decoder_float_regions(decoder: nn.Module, activations: str = "static") -> li
     prompt = tuple(n for n, m in decoder.named_modules() if isinstance(m, SparsePrompt))
     regions = [FloatRegion("prompt-arithmetic-and-attention-softmax", prompt + softmaxes, why=DECODER_FLOAT_WHY)]
     if activations == "dynamic":
-        regions.append(FloatRegion("upscaling-and-mask-input-features", ("mask_features", "mask_decoder.output_upscaling"),
-                                   why=DECODER_DYNAMIC_FLOAT_WHY))
+        float_convs = ("mask_features", "mask_decoder.output_upscaling")
+        regions.append(FloatRegion("upscaling-and-mask-input-features", float_convs, why=DECODER_DYNAMIC_FLOAT_WHY))
         regions.append(FloatRegion("prompt-token-side", _token_side_linears(decoder), why=DECODER_TOKEN_SIDE_WHY))
     return regions
 
