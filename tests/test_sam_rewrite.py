@@ -45,3 +45,13 @@ def test_token_upscaling_refuses_other_transposed_convs():
                         nn.ConvTranspose2d(4, 2, 2, 2), nn.GELU())
     with pytest.raises(ValueError, match="2x2 stride-2"):
         TokenUpscaling(seq, 4)
+
+
+def test_export_decoder_leaves_the_eager_decoder_untouched():
+    from edgevit.models.sam_decoder import MaskDecoder, PromptDecoder, PromptEncoder
+    from edgevit.sam.rewrite import ExportPromptDecoder
+
+    eager = PromptDecoder(PromptEncoder(), MaskDecoder()).eval()
+    ExportPromptDecoder(eager, 4)
+    assert isinstance(eager.mask_decoder.output_upscaling, nn.Sequential)
+    assert type(eager.mask_decoder.transformer.final_attn_token_to_image) is Attention

@@ -306,7 +306,7 @@ class ExportPromptDecoder(nn.Module):
 
     def __init__(self, src: PromptDecoder, slots: int):
         super().__init__()
-        pe, md = src.prompt_encoder, src.mask_decoder
+        pe, md = src.prompt_encoder, copy.deepcopy(src.mask_decoder)  # its attention/upscaling get swapped
         self.prompt_encoder, self.mask_decoder = pe, md
         self.sparse_prompt = SparsePrompt(pe, slots)
         last = pe.mask_downscaling[-1]  # 1×1 conv: 16 → 256
@@ -497,8 +497,8 @@ def decoder_float_regions(decoder: nn.Module, activations: str = "static") -> li
     prompt = tuple(n for n, m in decoder.named_modules() if isinstance(m, SparsePrompt))
     regions = [FloatRegion("prompt-arithmetic-and-attention-softmax", prompt + softmaxes, why=DECODER_FLOAT_WHY)]
     if activations == "dynamic":
-        float_convs = ("mask_features", "mask_decoder.output_upscaling")
-        regions.append(FloatRegion("upscaling-and-mask-input-features", float_convs, why=DECODER_DYNAMIC_FLOAT_WHY))
+        names = ("mask_features", "mask_decoder.output_upscaling")
+        regions.append(FloatRegion("upscaling-and-mask-input-features", names, why=DECODER_DYNAMIC_FLOAT_WHY))
         regions.append(FloatRegion("prompt-token-side", _token_side_linears(decoder), why=DECODER_TOKEN_SIDE_WHY))
     return regions
 
