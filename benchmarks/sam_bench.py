@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,6 +57,7 @@ class Row:
     size_mb: float | None = None
     agreement: float | None = None  # mask mIoU vs float, %
     model_id: str = ""
+    samples: list[float] = field(default_factory=list)  # seconds, one per round (round k at index k)
 
 
 def measure_interleaved(table: list[Row]) -> None:
@@ -75,7 +76,7 @@ def measure_interleaved(table: list[Row]) -> None:
                 row.fn()
                 ts.append(time.perf_counter() - start)
     for row, ts in zip(table, times):
-        row.p50_s = statistics.median(ts)
+        row.p50_s, row.samples = statistics.median(ts), ts
 
 
 def _encoder_row(model_id: str, runs: int) -> tuple[Row, torch.nn.Module]:
@@ -169,9 +170,13 @@ def _ratios(table: list[Row]) -> list[str]:
         base = eager.get(r.model_id)
         vs_eager = f"{base.p50_s / r.p50_s:.2f}x faster than its eager fp32" if base else "no eager row"
         lines.append(f"{r.model_id} encoder {r.runner}: {vs_eager}; {vit.p50_s / r.p50_s:.1f}x faster than ViT-B")
+    l0_eager = eager.get("efficientvit-sam-l0")
     for r in table:
         if r.name.startswith("prompt decoder"):
             shares = ", ".join(f"{100 * r.p50_s / e.p50_s:.1f}% of L0 encoder {e.runner}" for e in l0_enc)
+            if l0_eager is not None:  # decoder / encoder timed in the same round: robust to load changes
+                paired = statistics.median(d / e for d, e in zip(r.samples, l0_eager.samples))
+                shares += f" (paired per round vs eager: {100 * paired:.1f}%)"
             lines.append(f"{r.name} {r.runner}: {shares}")
     return lines
 
