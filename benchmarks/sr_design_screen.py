@@ -5,6 +5,10 @@ baseline's latency before spending a training run on it. Prints a markdown table
 
     .venv/bin/python benchmarks/sr_design_screen.py [--size 480x640] [--threads 2] [--runs 5]
         [--formats pte,tflite] [--configs s,fuse2,depth1,...]
+
+A config name with the suffix ``-noattn`` (e.g. ``s-noattn``) is a diagnostic, not a design: the same network
+with each window attention's arithmetic (window reshapes / permutes and products) replaced by a channel slice of
+its qkv, so the difference to the plain config is what that arithmetic costs in each runtime.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import edgevit
 from edgevit.lowering.base import ExportRequest, get_backend
 from edgevit.lowering.rewrite import export_friendly
 from edgevit.manifest import Manifest
-from edgevit.models.efficientvit_sr import VARIANTS, EfficientViTSR, SRConfig
+from edgevit.models.efficientvit_sr import VARIANTS, EfficientViTSR, SRConfig, WindowLiteMLA
 from edgevit.models.profile import count_macs
 
 S = VARIANTS["s"]
@@ -35,7 +39,17 @@ CONFIGS: dict[str, SRConfig] = {
     "depth1-fuse2": SRConfig(stem=24, width=32, depth=1, fuse=2),
     "stem16-fuse2": SRConfig(stem=16, width=32, depth=2, fuse=2),
     "w24-depth1-fuse2": SRConfig(stem=24, width=24, depth=1, fuse=2, dim=12),
+    "depth0": SRConfig(stem=24, width=32, depth=0, fuse=3),  # the conv trunk alone: what the blocks cost
 }
+NO_ATTENTION = "-noattn"
+
+
+def _without_attention_arithmetic(model: EfficientViTSR) -> EfficientViTSR:
+    """Each window attention returns the first third of its qkv channels (same shape, no attention math)."""
+    for m in model.modules():
+        if isinstance(m, WindowLiteMLA):
+            m.attend = lambda t: t[:, : t.shape[1] // 3]
+    return model
 
 
 def _runner(fmt: str, model: torch.nn.Module, shape: tuple[int, ...], folder: Path, threads: int):
@@ -65,7 +79,10 @@ def main() -> int:
     models: dict[str, torch.nn.Module] = {"fsrcnn-x2": edgevit.create_model("fsrcnn-x2").eval()}
     for name in a.configs.split(","):
         torch.manual_seed(0)
-        models[name] = EfficientViTSR(CONFIGS[name], 2).eval()
+        base = name.removesuffix(NO_ATTENTION)
+        models[name] = EfficientViTSR(CONFIGS[base], 2).eval()
+        if name != base:
+            _without_attention_arithmetic(models[name])
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():

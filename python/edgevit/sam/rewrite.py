@@ -319,10 +319,8 @@ class ExportPromptDecoder(nn.Module):
         self.mask_features = nn.Sequential(*list(pe.mask_downscaling)[:-1])  # h: 1×16×64×64
         self.mask_head = last
         t = md.transformer
-        if not isinstance(t.final_attn_token_to_image, FoldedTokenAttention):
-            t.final_attn_token_to_image = FoldedTokenAttention(t.final_attn_token_to_image)
-        if not isinstance(md.output_upscaling, TokenUpscaling):
-            md.output_upscaling = TokenUpscaling(md.output_upscaling, self.dense_pe.shape[-1])
+        t.final_attn_token_to_image = FoldedTokenAttention(t.final_attn_token_to_image)
+        md.output_upscaling = TokenUpscaling(md.output_upscaling, self.dense_pe.shape[-1])
 
     def forward(self, embeddings: torch.Tensor, image_context: torch.Tensor, coords: torch.Tensor,
                 labels: torch.Tensor, mask_input: torch.Tensor,
@@ -444,8 +442,7 @@ def friendly_decoder(decoder: PromptDecoder, example: tuple[torch.Tensor, ...]
     subs.append(Substitution("mask_decoder.output_upscaling", "2x2 stride-2 ConvTranspose2d pair with channel "
                              "LayerNorm/GELU on NCHW, then the hypernetwork bmm",
                              "TokenUpscaling: linears to sub-pixel channels on the channels-last tokens, only "
-                             "the 4-channel mask permuted to NCHW (with FoldedTokenAttention, L0 decoder .pte "
-                             "fp32 28.3 -> 25.1 ms, 2 threads)"))
+                             "the 4-channel mask permuted to NCHW"))
     subs.append(Substitution("mask_decoder.transformer.layers.0", "image-token projections of block 0 "
                              "(token->image k/v, image->token q) per prompt",
                              "ImageContext once per image (the 'context' artifact, PE and no-mask embedding "
@@ -477,9 +474,9 @@ DECODER_FLOAT_WHY = ("the attention key bias is 0 or MASKED (-1e4): an int8 rang
 
 
 DECODER_DYNAMIC_FLOAT_WHY = ("dynamic int8 (.pte): the output upscaling's linears write the per-pixel features that "
-                             "the mask logits are read from; int8 there cost mask agreement for 1.5 ms (L0 seed 0, "
-                             "fp32 encoder, 8 grabcut instances: 99.33 with them int8, 99.79 float; decoder 21.3 vs "
-                             "22.8 ms, 2 threads); the mask-input features (two small strided convs, 0.02 GMAC) stay "
+                             "the mask logits are read from; int8 there cost mask agreement for 2 ms (L0 seed 0, "
+                             "fp32 encoder, 8 grabcut instances: 99.33 with them int8, 99.79 float; decoder 20.2 vs "
+                             "22.1 ms, 2 threads; benchmarks/sam_decoder_int8.py); the mask-input features (two small strided convs, 0.02 GMAC) stay "
                              "float with them (not tried quantized); the two-way transformer's image-side linears, "
                              "most of the decoder's MACs, are quantized")
 
