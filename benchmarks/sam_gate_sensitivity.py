@@ -4,11 +4,13 @@ of an exported artifact folder. With random weights the mask logits are small (|
 at 0 flips pixels under small perturbations; the curve says what SQNR the 99.0 gate demands of an int8 encoder.
 
     .venv/bin/python benchmarks/sam_gate_sensitivity.py [--model efficientvit-sam-l0] [--weights W]
-        [--artifacts DIR | --export-int8 DIR [--activations static|dynamic]] [--seed 0] [--limit 8] [--threads 2]
+        [--artifacts DIR | --export-int8 DIR [--format pte|tflite|onnx] [--activations static|dynamic]
+        [--ranges minmax|percentile]] [--levels 25,30,...] [--seed 0] [--limit 8] [--threads 2]
 
 ``--artifacts`` must hold the same weights (an export of ``--weights``, or of random weights with the same
 ``--seed``: ``export_sam`` on ``create_model`` right after ``torch.manual_seed(seed)``); ``--export-int8 DIR``
-writes such a folder first (.pte, int8 encoder, gate off; ``--activations dynamic`` for run-time activation ranges).
+writes such a folder first (int8 encoder in ``--format``, default .pte, gate off; ``--activations dynamic`` for
+run-time activation ranges, ``--ranges`` for the static range method). ``--levels ""`` skips the noise curve.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main() -> None:
     ap.add_argument("--export-int8", help="export the model to this folder first (.pte, int8 encoder, gate off)")
     ap.add_argument("--activations", default="static", choices=("static", "dynamic"),
                     help="int8 activations of the --export-int8 encoder")
+    ap.add_argument("--format", default="pte", help="format of the --export-int8 folder: pte | tflite | onnx")
+    ap.add_argument("--ranges", help="static int8 range method of the --export-int8 encoder: minmax | percentile")
+    ap.add_argument("--levels", default=",".join(map(str, SQNR_LEVELS_DB)), help="noise SQNRs (dB), comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -54,15 +59,15 @@ def main() -> None:
     if a.export_int8:
         from edgevit.sam.export import export_sam
 
-        export_sam(model, "pte", "int8", a.export_int8, calib=a.calib, eval_data=a.data, eval_limit=a.limit,
-                   threads=a.threads, gate=None, progress=True, activations=a.activations)
+        export_sam(model, a.format, "int8", a.export_int8, calib=a.calib, eval_data=a.data, eval_limit=a.limit,
+                   threads=a.threads, gate=None, progress=True, activations=a.activations, ranges=a.ranges)
         a.artifacts = a.artifacts or a.export_int8
     reference = FloatReference(Predictor(model), gate)
     eager = Predictor(model)
     lines = [f"{a.model} ({'weights ' + a.weights if a.weights else f'random weights, seed {a.seed}'}), "
              f"{len(gate)} instances of {a.data}, box + first click", "",
              "| embeddings | SQNR dB | mask mIoU vs float |", "|---|---|---|"]
-    for db in SQNR_LEVELS_DB:
+    for db in [float(v) for v in a.levels.split(",") if v.strip()]:
         rng = np.random.default_rng(db)
 
         def noisy(x: np.ndarray, db: float = db, rng=rng) -> np.ndarray:
@@ -84,7 +89,11 @@ def main() -> None:
             q.set_image(image)
             sq.append(sqnr_db(p.embeddings, q.embeddings))
         fid = reference.measure(Predictor(art))
-        lines.append(f"| {art.model_id} | {np.mean(sq):.1f} (min {min(sq):.1f}) | {fid.miou:.2f} |")
+        enc = io.read_json_object(Path(art.folder) / art.manifest["components"]["encoder"]["path"] / "manifest.json",
+                                  "re-export the folder")
+        ranges = ((enc.get("quantization") or {}).get("calibration_method") or "").split(":")[0]
+        label = f"{art.model_id}{', ' + ranges + ' ranges' if ranges else ''}"
+        lines.append(f"| {label} | {np.mean(sq):.1f} (min {min(sq):.1f}) | {fid.miou:.2f} |")
     print("\n".join(lines))
 
 

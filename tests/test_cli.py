@@ -108,3 +108,12 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert "did you mean 'cityscapes'" in proc.stderr or "nowhere" in proc.stderr
+
+
+def test_export_ranges_typo_is_one_line(tmp_path, capsys, shared_data):
+    """--ranges reaches edgevit.export.export: a typo is refused before any work, with a suggestion."""
+    code, out, err = _run(capsys, "export", "efficientvit-seg-b0-voc", "--format", "onnx", "--precision", "int8",
+                          "--calib", str(shared_data / "seg" / "voc2012_val14"), "--ranges", "percentil",
+                          "--out", str(tmp_path / "a"))
+    assert code == 2 and err.count("\n") == 1 and "did you mean 'percentile'" in err
+    assert not list(tmp_path.iterdir())

@@ -117,7 +117,21 @@ def test_bad_requests_are_one_line_errors(voc, tmp_path):
         export(MODEL, "onnx", "fp16", tmp_path / "c", calib=voc, input_size="64x64")
     with pytest.raises(EdgevitError, match="did you mean 'onnx'"):
         export(MODEL, "onx", "fp32", tmp_path / "d", calib=voc)
+    with pytest.raises(EdgevitError, match="did you mean 'percentile'"):
+        export(MODEL, "onnx", "int8", tmp_path / "e", calib=voc, input_size="64x64", ranges="percentil")
+    with pytest.raises(EdgevitError, match="pte: activation ranges 'minmax' are not implemented"):
+        export(MODEL, "pte", "int8", tmp_path / "f", calib=voc, input_size="64x64", ranges="minmax")
     assert not list(tmp_path.iterdir())
+
+
+def test_segmentation_onnx_int8_takes_percentile_ranges_by_default(voc, tmp_path):
+    """The task's measured choice applies when no method is named; a named one overrides it."""
+    kw = dict(calib=voc, calib_layout="voc", input_size="64x64", gate=None, progress=False)
+    default = export(MODEL, "onnx", "int8", tmp_path / "default", **kw)
+    named = export(MODEL, "onnx", "int8", tmp_path / "minmax", ranges="minmax", **kw)
+    assert default.quantization["calibration_method"].startswith("Percentile")
+    assert named.quantization["calibration_method"].startswith("MinMax")
+    assert default.sha256 != named.sha256
 
 
 def test_bench_table_with_a_failing_row(voc, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import EdgevitError
-from .lowering.base import ExportRequest, ExportResult, IOSpec, get_backend
+from .lowering.base import ExportRequest, ExportResult, IOSpec, check_ranges, get_backend
 from .lowering.float_region import FloatRegion
 from .lowering.rewrite import export_friendly
 from .manifest import Manifest, sha256_file, write_manifest
@@ -72,11 +72,11 @@ def _tool_versions(result: ExportResult) -> dict[str, str]:
 
 
 def _lower(backend, model, io_specs, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path,
-           regions: tuple[FloatRegion, ...] = ()) -> ExportResult:
+           regions: tuple[FloatRegion, ...] = (), ranges: str | None = None) -> ExportResult:
     inputs, outputs = io_specs
     request = ExportRequest.multi(model, [IOSpec.from_dict(d) for d in inputs], [d["name"] for d in outputs],
                                   precision, tmp / f"model{backend.extension}", calib, keep_float,
-                                  regions if precision == "int8" else ())
+                                  regions if precision == "int8" else (), ranges=ranges)
     return backend.export(request)
 
 
@@ -139,6 +139,7 @@ def export(
     keep_float: tuple[str, ...] = (),
     threads: int | None = None,
     progress: bool = True,
+    ranges: str | None = None,
 ) -> Manifest:
     """Export ``model_id`` to ``format`` (pte | tflite | onnx) at ``precision`` into the folder ``out``.
 
@@ -146,13 +147,18 @@ def export(
     ``eval_data``: labelled images for the gate (default: the calibration images, else ``calib`` as
     fidelity set). ``gate``: ``"default"`` (the task's budget, e.g. mIoU drop ≤ 1 point and 98% pixel
     agreement for segmentation), a task gate object, or ``None`` to write the artifact even when it misses
-    the budget (``--no-gate``). Returns the manifest written to ``out/manifest.json``.
+    the budget (``--no-gate``). ``ranges``: how static int8 activation ranges come from the calibration images
+    (:data:`~edgevit.quantize.ranges.RANGE_METHODS`; ONNX takes ``minmax`` and ``percentile``; None: the task's
+    measured choice, ``ExportTask.default_ranges``, e.g. ``percentile`` for segmentation ONNX, else the format's). Returns the manifest written to ``out/manifest.json``.
     """
     backend = get_backend(format)
     if precision not in backend.precisions:
         raise EdgevitError(f"{format}: precision {precision!r} is not supported; choose one of {backend.precisions}")
+    check_ranges(precision, ranges, format, backend.range_methods)
     model = create_model(model_id, weights=weights, labelset=labelset)
     task = task_for(model.contract)
+    if precision == "int8" and ranges is None:
+        ranges = task.default_ranges(format)
     contract = task.artifact_contract(model.contract, parse_size(input_size))
     if gate == "default":
         gate = task.default_gate()
@@ -178,7 +184,7 @@ def export(
 
         def attempt(kept_names: list[str]) -> tuple[Fidelity, list[str]]:
             lowered["result"] = _lower(backend, friendly, (inputs, outputs), precision, calib_inputs, kept_names,
-                                       tmp, regions)
+                                       tmp, regions, ranges)
             provisional = Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs,
                                    outputs, contract.to_dict(), {})
             fid = task.measure(TorchRunner(model), backend.load(artifact, provisional, threads), contract, fid_set)

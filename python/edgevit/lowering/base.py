@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import EdgevitError, UnknownKeyError
+from ..quantize.ranges import RANGE_METHODS
 from ..registry import Registry
 from .float_region import FloatRegion
 
@@ -102,6 +103,9 @@ class ExportRequest:
     ``activations`` (int8 only): ``"static"`` — int8 activation ranges fixed at export from the calibration
     samples; ``"dynamic"`` — activations quantized at run time from each tensor's own range, only where
     they enter a conv / linear, everything between in float32 (backends list theirs in ``activation_modes``).
+    ``ranges`` (static int8 only): a :data:`~edgevit.quantize.ranges.RANGE_METHODS` key choosing how the
+    static activation ranges come from the calibration samples, or None for the backend's own default
+    (backends list the methods they take in ``range_methods``).
     """
 
     model: nn.Module
@@ -114,6 +118,7 @@ class ExportRequest:
     outputs: tuple[str, ...] = ()
     float_regions: tuple[FloatRegion, ...] = ()
     activations: str = "static"
+    ranges: str | None = None
 
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATIONS:
@@ -121,6 +126,11 @@ class ExportRequest:
         if self.activations != "static" and self.precision != "int8":
             raise EdgevitError(f"activations={self.activations!r} applies to int8 only (precision is "
                                f"{self.precision!r})")
+        if self.ranges is not None:
+            RANGE_METHODS.get(self.ranges)
+            if self.precision != "int8" or self.activations != "static":
+                raise EdgevitError(f"ranges={self.ranges!r} applies to static int8 activations only (precision "
+                                   f"{self.precision!r}, activations {self.activations!r})")
         if self.inputs:
             if self.input_shape is not None:
                 raise EdgevitError("ExportRequest: pass input_shape (one image input) or inputs, not both")
@@ -149,10 +159,10 @@ class ExportRequest:
     def multi(cls, model: nn.Module, inputs: Sequence[IOSpec], outputs: Sequence[str], precision: str,
               out_path: Path, calibration: list[tuple[np.ndarray, ...]] | None = None,
               keep_float: Sequence[str] = (), float_regions: Sequence[FloatRegion] = (),
-              activations: str = "static") -> ExportRequest:
+              activations: str = "static", ranges: str | None = None) -> ExportRequest:
         """A request with named ``inputs`` (forward's positional arguments) and ``outputs`` (its results)."""
         return cls(model, None, precision, Path(out_path), calibration, tuple(keep_float), tuple(inputs),
-                   tuple(outputs), tuple(float_regions), activations)
+                   tuple(outputs), tuple(float_regions), activations, ranges)
 
     def example_inputs(self) -> tuple[Any, ...]:
         """Example tensors for tracing: the first calibration sample when there is one, else zeros."""
@@ -170,6 +180,20 @@ def check_activations(precision: str, activations: str, backend: str, modes: Seq
     if precision == "int8" and activations not in modes:
         raise EdgevitError(f"{backend}: int8 activations {activations!r} are not implemented for this "
                            f"format (it has {', '.join(modes)}); export .pte or .tflite for dynamic activations")
+
+
+def check_ranges(precision: str, ranges: str | None, backend: str, methods: Sequence[str]) -> None:
+    """Refuse an unknown static-range method, one given for a float precision, or one ``backend`` does not
+    implement (None: the backend's default, always fine)."""
+    if ranges is None:
+        return
+    RANGE_METHODS.get(ranges)
+    if precision != "int8":
+        raise EdgevitError(f"activation ranges {ranges!r} apply to int8 only (precision is {precision!r})")
+    if ranges not in methods:
+        have = f"it takes {', '.join(methods)}" if methods else "its quantizer chooses its own ranges"
+        raise EdgevitError(f"{backend}: activation ranges {ranges!r} are not implemented for this format ({have}); "
+                           "drop --ranges or export onnx")
 
 
 def check_dtypes(request: ExportRequest, backend: str, dtypes: Sequence[str]) -> None:
@@ -202,6 +226,7 @@ class Backend(Protocol):
     extension: str  # artifact file suffix, e.g. ".pte"
     precisions: tuple[str, ...]
     activation_modes: tuple[str, ...]  # int8 activation modes it implements (ACTIVATIONS)
+    range_methods: tuple[str, ...]  # static-range methods it takes (RANGE_METHODS keys; () = its own only)
     dtypes: tuple[str, ...]  # input dtypes it takes (float32 always)
     extra: str  # pip extra that installs the toolchain
 

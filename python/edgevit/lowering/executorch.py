@@ -48,7 +48,7 @@ from .. import errors
 from ..errors import EdgevitError
 from ..runtime.base import CheckedRunner
 from .base import (ExportRequest, ExportResult, check_activations, check_calibration, check_dtypes,
-                   check_keep_float, flat_outputs)
+                   check_keep_float, check_ranges, flat_outputs)
 from .float_region import FloatRegion, covered, fx_filter, fx_float_nodes, fx_module_paths, fx_owner
 
 if TYPE_CHECKING:
@@ -225,6 +225,7 @@ class ExecuTorchBackend:
     extension = ".pte"
     precisions = ("fp32", "int8")
     activation_modes = ("static", "dynamic")
+    range_methods: tuple[str, ...] = ()  # the PT2E quantizer's HistogramObserver only
     dtypes = ("float32", "int32", "int64")
     extra = EXTRA
 
@@ -234,6 +235,7 @@ class ExecuTorchBackend:
                                f"choose one of {self.precisions}")
         check_dtypes(request, "pte", self.dtypes)
         check_activations(request.precision, request.activations, "pte", self.activation_modes)
+        check_ranges(request.precision, request.ranges, "pte", self.range_methods)
         calibration = _calibration_tensors(request)
         exir = _require("executorch.exir", "ExecuTorch export")
         partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")

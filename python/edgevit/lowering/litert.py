@@ -75,7 +75,7 @@ from .. import io
 from ..errors import EdgevitError, require
 from ..runtime.base import CheckedRunner
 from .base import (ExportRequest, ExportResult, IOSpec, check_activations, check_calibration, check_dtypes,
-                   check_keep_float)
+                   check_keep_float, check_ranges)
 from .float_region import FloatRegion, fx_filter, fx_float_nodes, fx_owner
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ def _check_request(request: ExportRequest) -> None:
                            f"{LiteRTBackend.precisions}")
     check_dtypes(request, "tflite", LiteRTBackend.dtypes)
     check_activations(request.precision, request.activations, "tflite", LiteRTBackend.activation_modes)
+    check_ranges(request.precision, request.ranges, "tflite", LiteRTBackend.range_methods)
     if Path(request.out_path).suffix != LiteRTBackend.extension:
         raise EdgevitError(f"{request.out_path}: a LiteRT artifact must end in {LiteRTBackend.extension}")
     if request.precision != "int8" and request.keep_float:
@@ -683,6 +684,7 @@ class LiteRTBackend:
     extension = ".tflite"
     precisions = ("fp32", "fp16", "int8")
     activation_modes = ("static", "dynamic")
+    range_methods: tuple[str, ...] = ()  # the PT2E quantizer's HistogramObserver only
     dtypes = ("float32", "int32")  # the converter turns int64 inputs into int32 ones: declare them int32
     extra = _EXTRA
 

@@ -7,11 +7,13 @@ convolutions by the exporter's optimizer.
 
 int8: the fp32 graph quantized by ``onnxruntime.quantization.quantize_static`` in QDQ form, calibrated on real
 pre-processed samples (one feed dict per sample, every input named): weights int8 symmetric per output channel,
-activations int8 symmetric per tensor (every zero point 0) with MinMax ranges. (Ranges at the 99.99th
-percentile of |x| measured better for segmentation — trained B0-VOC on the 14 VOC photos 98.37% → 99.23% pixel
-agreement, logits SQNR 21.4 → 27.3 dB; the README demo's photos 93.05% → 96.62% — and slightly worse for SR,
-Set5 ×2 drop 0.020 → 0.029 dB; but onnxruntime's histogram calibrator keeps every intermediate output of every
-sample in memory: 24 GB and killed at a 480×640 SR tile. It needs a streaming calibrator first.) Biases are
+activations int8 symmetric per tensor (every zero point 0). Their ranges (``ranges``,
+:data:`~edgevit.quantize.ranges.RANGE_METHODS`): ``minmax`` through onnxruntime's MinMax calibrator, or
+``percentile`` (99.99th percentile of |x|) measured by :mod:`edgevit.lowering.onnx_ranges`' streaming histograms
+and handed to the quantizer as its calibration cache (onnxruntime's own histogram calibrator keeps every
+intermediate output of every sample: 24 GB and killed at one 480×640 SR tile). Percentile measured better for
+the trained B0-VOC (14 VOC photos: 98.37% → 99.19% pixel agreement, logits SQNR 21.4 → 27.6 dB) and slightly
+worse for SR (Set5 ×2 drop 0.020 → 0.029 dB); tasks choose (``ExportTask.default_ranges``). Biases are
 left in float (TensorRT's ONNX parser rejects the int32 bias DequantizeLinear onnxruntime would otherwise
 insert; onnxruntime quantizes float biases itself when it fuses a QDQ Conv). Products of two activations
 (``MatMul`` with no constant operand: the LiteMLA attention ``kᵀv`` and ``q(kᵀv)``) are excluded from quantization, so their outputs are never re-quantized (their
@@ -50,10 +52,12 @@ import numpy as np
 
 from .. import io
 from ..errors import EdgevitError, require
+from ..quantize.ranges import RANGE_METHODS
 from ..runtime.base import CheckedRunner
 from .base import (ExportRequest, ExportResult, IOSpec, check_activations, check_calibration, check_dtypes,
-                   check_keep_float)
+                   check_keep_float, check_ranges)
 from .float_region import onnx_float_nodes, region_modules, unquantize_float_inputs
+from .onnx_ranges import activation_ranges, write_range_cache
 
 if TYPE_CHECKING:
     from ..manifest import Manifest
@@ -235,15 +239,20 @@ def _quiet_quantizer() -> Iterator[None]:
 
 
 def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[Any],
-                 exclude_nodes: Sequence[str] = (), float_nodes: Sequence[str] = ()) -> list[str]:
+                 exclude_nodes: Sequence[str] = (), float_nodes: Sequence[str] = (),
+                 ranges: str = "minmax") -> list[str]:
     """Quantize the fp32 ONNX file at ``fp32_path`` to symmetric int8 QDQ at ``out_path`` (written atomically).
 
     ``calibration``: one tuple of arrays per sample in the graph's input order (a bare array for a single
     input). ``exclude_nodes``, every :func:`activation_matmuls` node and every Softmax stay float; returns the
     :func:`activation_matmuls` names. ``float_nodes`` (declared float regions) stay float too and read
     their inputs from before any activation Q/DQ pair
-    (:func:`~edgevit.lowering.float_region.unquantize_float_inputs`).
+    (:func:`~edgevit.lowering.float_region.unquantize_float_inputs`). ``ranges``: a
+    :data:`~edgevit.quantize.ranges.RANGE_METHODS` key; ``minmax`` is onnxruntime's MinMax calibrator, the
+    others are measured by :func:`~edgevit.lowering.onnx_ranges.activation_ranges` and handed to the quantizer
+    as its calibration cache.
     """
+    method = RANGE_METHODS.get(ranges)
     onnx = require("onnx", _EXTRA, "int8 ONNX quantization")
     quant = require("onnxruntime.quantization", _EXTRA, "int8 ONNX quantization")
     proto = onnx.load(str(fp32_path))
@@ -267,12 +276,18 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
 
     with tempfile.TemporaryDirectory(prefix="edgevit-qdq-") as tmp, _quiet_quantizer():
         out = Path(tmp) / "model.onnx"
+        reader, cache = Reader(), None
+        if method.percentile is not None:
+            cache = Path(tmp) / "ranges.json"
+            write_range_cache(activation_ranges(fp32_path, data, method), cache)
+            reader = None
         try:
             quant.quantize_static(
-                str(fp32_path), str(out), Reader(), quant_format=quant.QuantFormat.QDQ, per_channel=True,
+                str(fp32_path), str(out), reader, quant_format=quant.QuantFormat.QDQ, per_channel=True,
                 activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
                 calibrate_method=quant.CalibrationMethod.MinMax, nodes_to_exclude=excluded or None,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+                calibration_cache_path=cache)
         except Exception as exc:
             raise EdgevitError(f"{fp32_path}: int8 QDQ quantization failed ({type(exc).__name__}: "
                                f"{_first_line(exc)})") from exc
@@ -353,6 +368,7 @@ def _check_request(request: ExportRequest, precisions: tuple[str, ...]) -> None:
                            "fp16 engines come from the fp32 ONNX via TensorRT (edgevit trt-build)")
     check_dtypes(request, "onnx", OnnxBackend.dtypes)
     check_activations(request.precision, request.activations, "onnx", OnnxBackend.activation_modes)
+    check_ranges(request.precision, request.ranges, "onnx", OnnxBackend.range_methods)
     if request.model.training:
         raise EdgevitError("the model is in training mode; call model.eval() before export")
 
@@ -362,6 +378,8 @@ class OnnxBackend:
     extension = ".onnx"
     precisions = ("fp32", "int8")
     activation_modes = ("static",)
+    range_methods = ("minmax", "percentile")
+    default_ranges = "minmax"
     dtypes = ("float32", "int32", "int64")
     extra = _EXTRA
 
@@ -392,7 +410,8 @@ class OnnxBackend:
         with tempfile.TemporaryDirectory(prefix="edgevit-onnx-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(proto.SerializeToString())
-            float_matmuls = quantize_qdq(fp32, out, calibration, excluded, region_nodes)
+            ranges = request.ranges or self.default_ranges
+            float_matmuls = quantize_qdq(fp32, out, calibration, excluded, region_nodes, ranges)
         onnx = require("onnx", _EXTRA, "ONNX export")
         summary = graph_summary(onnx.load(str(out)))
         quantization = {
@@ -403,7 +422,7 @@ class OnnxBackend:
             "float_ops": "MatMul of two activations (LiteMLA attention products) and Softmax: outputs not "
                          "re-quantized",
             "float_matmuls": len(float_matmuls),
-            "calibration_method": "MinMax",
+            "calibration_method": RANGE_METHODS.get(ranges).description,
             "calibration_count": len(calibration),
             "kept_float_nodes": {name: nodes for name, nodes in kept.items()},  # module -> ONNX node names
             "float_regions": [r.to_dict() for r in request.float_regions],

@@ -36,7 +36,7 @@ import torch
 from .. import io, processing
 from ..errors import EdgevitError
 from ..export import GateError, _replace_dir, _tool_versions, gate_error, gated_fallback
-from ..lowering.base import ExportRequest, ExportResult, IOSpec, check_activations, get_backend
+from ..lowering.base import ExportRequest, ExportResult, IOSpec, check_activations, check_ranges, get_backend
 from ..manifest import MANIFEST_NAME, Manifest, read_folder_manifest, sha256_file, verify_component, write_manifest
 from ..quantize.calibration import load_image_set
 from .evaluate import open_sam_dataset
@@ -122,10 +122,10 @@ def load_sam_artifacts(folder: str | Path, threads: int | None = None) -> SamArt
 
 
 def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path, regions=(),
-           activations: str = "static") -> ExportResult:
+           activations: str = "static", ranges: str | None = None) -> ExportResult:
     path.parent.mkdir(parents=True, exist_ok=True)
     request = ExportRequest.multi(module, _specs(inputs), [d["name"] for d in outputs], precision, path, calib,
-                                  keep_float, regions, activations)
+                                  keep_float, regions, activations, ranges if precision == "int8" else None)
     return backend.export(request)
 
 
@@ -171,6 +171,7 @@ def export_sam(
     eval_limit: int = EVAL_INSTANCES,
     decoder_precision: str = "fp32",
     activations: str = "static",
+    ranges: str | None = None,
 ) -> dict[str, Any]:
     """Export a SAM model to ``format`` (pte | tflite | onnx): encoder at ``precision``, decoder at
     ``decoder_precision``, into the folder ``out`` (module docstring). Returns the top-level manifest.
@@ -182,7 +183,8 @@ def export_sam(
     ``keep_float``: encoder module names to leave un-quantized. ``activations``: how the int8 components
     (encoder and/or decoder) quantize activations, ``"static"`` (calibrated ranges, every format) or
     ``"dynamic"`` (run-time ranges at conv / linear inputs, float32 between; .pte, and .tflite for the
-    encoder; :class:`~edgevit.lowering.base.ExportRequest`).
+    encoder; :class:`~edgevit.lowering.base.ExportRequest`). ``ranges``: static int8 range method of the int8
+    components (:data:`~edgevit.quantize.ranges.RANGE_METHODS`; None: the format's default).
     """
     from ..models import create_model
 
@@ -194,6 +196,10 @@ def export_sam(
         raise EdgevitError(f"--activations {activations}: applies to int8 components (encoder {precision}, decoder "
                            f"{decoder_precision})")
     check_activations("int8", activations, format, backend.activation_modes)  # before any lowering
+    if ranges is not None and activations != "static":
+        raise EdgevitError(f"--ranges {ranges}: applies to static int8 activations, not {activations!r} ones")
+    check_ranges("int8" if "int8" in (precision, decoder_precision) else precision, ranges, format,
+                 backend.range_methods)
     if activations == "dynamic" and decoder_precision == "int8" and format != "pte":
         raise EdgevitError(f"{format}: a dynamic int8 decoder needs declared float regions, which only .pte honours "
                            "with dynamic activations; use --decoder-precision fp32 or --format pte")
@@ -260,7 +266,7 @@ def export_sam(
         if progress:
             print(f"export-sam: lowering the prompt decoder ({format}/{decoder_precision})", flush=True)
         dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path, dec_regions,
-                            activations if decoder_precision == "int8" else "static")
+                            activations if decoder_precision == "int8" else "static", ranges)
         dec_runner = backend.load(dec_path, Manifest(name, format, decoder_precision, dec_path.name, "", 0,
                                                      *dec_io, contract_dict, {}), threads)
         runners.append(dec_runner)
@@ -274,7 +280,7 @@ def export_sam(
             runners[1:] = []
             gc.collect()
             live["result"] = _lower(backend, enc_friendly, *enc_io, precision, calib_inputs, kept_names, enc_path,
-                                    enc_regions, enc_activations)
+                                    enc_regions, enc_activations, ranges)
             enc_runner = backend.load(enc_path, Manifest(name, format, precision, enc_path.name, "", 0, *enc_io,
                                                          contract_dict, {}), threads)
             runners.append(enc_runner)

@@ -57,6 +57,10 @@ class ExportTask(Protocol):
 
     def default_gate(self) -> Gate: ...
 
+    def default_ranges(self, format: str) -> str | None:
+        """The static int8 range method this task measured best in ``format`` (a ``RANGE_METHODS`` key), or
+        None for the format's own default."""
+
 
 # task string -> "module:Class", imported on first use.
 TASKS: Registry[str] = Registry("task")

@@ -48,3 +48,8 @@ class SegmentationTask:
 
     def default_gate(self) -> Gate:
         return Gate()
+
+    def default_ranges(self, format: str) -> str | None:
+        """ONNX: ``percentile``. Trained B0-VOC, 14 VOC photos, int8 QDQ vs float: MinMax 98.37% pixel agreement,
+        logits SQNR 21.4 dB; 99.99th-percentile ranges 99.19%, 27.6 dB (README, "int8 fidelity")."""
+        return "percentile" if format == "onnx" else None
