@@ -3,10 +3,10 @@
 
     .venv/bin/python benchmarks/sr_bench.py [--formats onnx,pte,tflite] [--precisions fp32,int8] [--scales 2,4]
         [--skip export,quality,latency,memory] [--work runs/sr_bench] [--threads 2] [--runs 5] [--x2-tile 480x640]
-        [--baseline-artifacts]
+        [--baseline-artifacts] [--ours efficientvit-sr-s|efficientvit-sr-t]
 
 Quality rows: the MATLAB bicubic floor, the FSRCNN-sized baseline and EfficientViT-SR fp32 eager (weights in
-models/weights/), then one row per artifact (efficientvit-sr-s-x{2,4} × format × precision), each run through its
+models/weights/), then one row per artifact (``--ours``-x{2,4} × format × precision), each run through its
 runner with the runner's tiling (:func:`edgevit.sr.tiling.upscale_tiled`, the manifest's tile). Artifacts are
 exported into ``--work/artifacts`` with the export gate (int8: PSNR-Y within 0.1 dB of float on Set5); one that
 misses the gate is exported with ``--no-gate`` and its row says "GATE FAILED"; a failed export is a row with its
@@ -284,7 +284,9 @@ def _tiles(spec: str) -> dict[int, tuple[int, int]]:
 
 
 def main() -> int:
+    global OURS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ours", default="efficientvit-sr-s", help="our variant: efficientvit-sr-s | efficientvit-sr-t")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sr"))
     p.add_argument("--calib", default=str(CALIB), help="int8 calibration photos (not the evaluation sets)")
     p.add_argument("--work", default=str(ROOT / "runs" / "sr_bench"), help="artifact cache and sr_bench.json")
@@ -303,6 +305,7 @@ def main() -> int:
     p.add_argument("--fresh", action="store_true", help="re-export even when cached artifacts match the weights")
     p.add_argument("--out", help="also write sr_bench.json here (default: --work)")
     a = p.parse_args()
+    OURS = a.ours + "-x{s}"
     skip = set(filter(None, a.skip.split(",")))
     scales = [int(s) for s in a.scales.split(",")]
     formats, precisions = a.formats.split(","), a.precisions.split(",")

@@ -4,7 +4,7 @@ FSRCNN-sized baseline, exported fp32 at one input size, timed side by side (inte
 baseline's latency before spending a training run on it. Prints a markdown table with MACs.
 
     .venv/bin/python benchmarks/sr_design_screen.py [--size 480x640] [--threads 2] [--runs 5]
-        [--formats pte,tflite] [--configs s,fuse2,depth1,...]
+        [--formats pte,tflite] [--configs s,fuse2,depth1,...] [--scale 2|4]
 
 A config name with the suffix ``-noattn`` (e.g. ``s-noattn``) is a diagnostic, not a design: the same network
 with each window attention's arithmetic (window reshapes / permutes and products) replaced by a channel slice of
@@ -33,6 +33,7 @@ from edgevit.models.profile import count_macs
 S = VARIANTS["s"]
 CONFIGS: dict[str, SRConfig] = {
     "s": S,
+    "t": VARIANTS["t"],  # the trunk at a quarter of the LR resolution, six 16-channel fuse convs
     "fuse2": SRConfig(stem=24, width=32, depth=2, fuse=2),
     "fuse1": SRConfig(stem=24, width=32, depth=2, fuse=1),
     "depth1": SRConfig(stem=24, width=32, depth=1, fuse=3),
@@ -40,6 +41,19 @@ CONFIGS: dict[str, SRConfig] = {
     "stem16-fuse2": SRConfig(stem=16, width=32, depth=2, fuse=2),
     "w24-depth1-fuse2": SRConfig(stem=24, width=24, depth=1, fuse=2, dim=12),
     "depth0": SRConfig(stem=24, width=32, depth=0, fuse=3),  # the conv trunk alone: what the blocks cost
+    "depth1-fuse1": SRConfig(stem=24, width=32, depth=1, fuse=1),
+    "fuse0": SRConfig(stem=24, width=32, depth=2, fuse=0),
+    "depth1-fuse0": SRConfig(stem=24, width=32, depth=1, fuse=0),
+    # the trunk at a quarter of the LR resolution (a sixteenth of the pixels)
+    "q": SRConfig(stem=24, width=32, depth=2, fuse=3, levels=2),
+    "q-w48-fuse2": SRConfig(stem=24, width=48, depth=2, fuse=2, levels=2),
+    "q-depth3-fuse2": SRConfig(stem=24, width=32, depth=3, fuse=2, levels=2),
+    "q-depth4-fuse1": SRConfig(stem=24, width=32, depth=4, fuse=1, levels=2),
+    "q-stem32-fuse1": SRConfig(stem=32, width=32, depth=2, fuse=1, levels=2),
+    "q-stem20-fuse3": SRConfig(stem=20, width=32, depth=2, fuse=3, levels=2),
+    "q-stem16-fuse4": SRConfig(stem=16, width=32, depth=2, fuse=4, levels=2),
+    "q-fuse2": SRConfig(stem=24, width=32, depth=2, fuse=2, levels=2),  # = t at x4 (SCALE_VARIANTS)
+    "q-win4-fuse2": SRConfig(stem=24, width=32, depth=2, fuse=2, levels=2, window=4),
 }
 NO_ATTENTION = "-noattn"
 
@@ -52,13 +66,13 @@ def _without_attention_arithmetic(model: EfficientViTSR) -> EfficientViTSR:
     return model
 
 
-def _runner(fmt: str, model: torch.nn.Module, shape: tuple[int, ...], folder: Path, threads: int):
-    """Export ``model`` fp32 to ``fmt`` and load it with that backend's own runner (1×3×h×w → 1×3×2h×2w)."""
+def _runner(fmt: str, model: torch.nn.Module, shape: tuple[int, ...], folder: Path, threads: int, scale: int):
+    """Export ``model`` fp32 to ``fmt`` and load it with that backend's own runner (1×3×h×w → 1×3×sh×sw)."""
     backend = get_backend(fmt)
     art = folder / f"model{backend.extension}"
     backend.export(ExportRequest(model, shape, "fp32", art))
     io_spec = lambda name, s: [{"name": name, "shape": list(s), "dtype": "float32", "layout": "NCHW"}]  # noqa: E731
-    out_shape = (*shape[:2], 2 * shape[2], 2 * shape[3])
+    out_shape = (*shape[:2], scale * shape[2], scale * shape[3])
     manifest = Manifest("sr-design-screen", fmt, "fp32", art.name, "", art.stat().st_size, io_spec("image", shape),
                         io_spec("logits", out_shape), {}, {})
     return backend.load(art, manifest, threads)
@@ -71,16 +85,18 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--formats", default="pte,tflite")
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--scale", type=int, default=2, choices=(2, 4))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     h, w = map(int, a.size.split("x"))
     shape = (1, 3, h, w)
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    models: dict[str, torch.nn.Module] = {"fsrcnn-x2": edgevit.create_model("fsrcnn-x2").eval()}
+    ref = f"fsrcnn-x{a.scale}"
+    models: dict[str, torch.nn.Module] = {ref: edgevit.create_model(ref).eval()}
     for name in a.configs.split(","):
         torch.manual_seed(0)
         base = name.removesuffix(NO_ATTENTION)
-        models[name] = EfficientViTSR(CONFIGS[base], 2).eval()
+        models[name] = EfficientViTSR(CONFIGS[base], a.scale).eval()
         if name != base:
             _without_attention_arithmetic(models[name])
     rows: dict[str, dict] = {}
@@ -92,11 +108,11 @@ def main() -> int:
                 folder = Path(tmp) / f"{name}-{fmt}"
                 folder.mkdir()
                 print(f"  export {name} {fmt} ...", file=sys.stderr, flush=True)
-                run = _runner(fmt, friendly, shape, folder, a.threads)
+                run = _runner(fmt, friendly, shape, folder, a.threads, a.scale)
                 fns[fmt] = lambda r=run: r(x)
             params = sum(t.numel() for t in model.parameters())
             rows[name] = {"fns": fns, "macs": count_macs(model, shape), "params": params, "times": {}}
-        cols = list(rows["fsrcnn-x2"]["fns"])
+        cols = list(rows[ref]["fns"])
         with torch.inference_mode():
             for r in rows.values():
                 for f in r["fns"].values():
@@ -107,8 +123,8 @@ def main() -> int:
                         t = time.perf_counter()
                         f()
                         r["times"].setdefault(c, []).append(time.perf_counter() - t)
-    base = {c: statistics.median(rows["fsrcnn-x2"]["times"][c]) for c in cols}
-    print(f"{h}x{w} input x2, fp32, {a.threads} threads, median of {a.runs} interleaved runs (ms; in brackets: time "
+    base = {c: statistics.median(rows[ref]["times"][c]) for c in cols}
+    print(f"{h}x{w} input x{a.scale}, fp32, {a.threads} threads, median of {a.runs} interleaved runs (ms; in brackets: time "
           f"relative to FSRCNN in the same runtime)\n")
     print("| design | params | GMACs | " + " | ".join(cols) + " |\n|---|---|---|" + "---|" * len(cols))
     for name, r in rows.items():

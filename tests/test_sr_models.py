@@ -17,7 +17,7 @@ SR_IDS = [m for m in edgevit.list_models() if isinstance(get_model_entry(m).cont
 
 def test_sr_family_is_registered():
     assert {"efficientvit-sr-s-x2", "efficientvit-sr-s-x4", "efficientvit-sr-m-x2", "efficientvit-sr-m-x4",
-            "fsrcnn-x2", "fsrcnn-x4"} <= set(SR_IDS)
+            "efficientvit-sr-t-x2", "efficientvit-sr-t-x4", "fsrcnn-x2", "fsrcnn-x4"} <= set(SR_IDS)
     with pytest.raises(edgevit.UnknownKeyError, match="did you mean .*'efficientvit-sr-s-x2'"):
         edgevit.create_model("efficientvit-sr-s-x3")
 
@@ -64,8 +64,8 @@ def _tiny_depth3(scale: int) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("model_id", ["efficientvit-sr-s-x2", "efficientvit-sr-s-x4", "depth3-x2", "fsrcnn-x2",
-                                      "fsrcnn-x4"])
+@pytest.mark.parametrize("model_id", ["efficientvit-sr-s-x2", "efficientvit-sr-s-x4", "efficientvit-sr-t-x2",
+                                      "depth3-x2", "fsrcnn-x2", "fsrcnn-x4"])
 def test_receptive_field_within_declared_margin(model_id):
     """The gradient of one output pixel vanishes on every input pixel farther than the contract's margin,
     and does not vanish everywhere inside (the bound is not vacuous)."""

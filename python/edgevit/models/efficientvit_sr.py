@@ -43,6 +43,7 @@ class SRConfig:
     window: int = 8  # attention window (half-resolution pixels)
     act: ActName = "relu"  # hswish is near-linear at these activation scales (|x| ~ 0.1); see the module doc
     fuse: int = 1  # 3×3 conv + act layers at the LR resolution after the two branches meet
+    levels: int = 1  # 3×3 stride-2 convs before the blocks: the trunk runs at LR / 2**levels
 
 
 class WindowLiteMLA(nn.Module):
@@ -120,11 +121,13 @@ class SRBlock(nn.Module):
 def receptive_margin(cfg: SRConfig) -> int:
     """LR pixels on each side that an output pixel can depend on (an upper bound).
 
-    Stem 3×3: 1; the 3×3 stride-2 down conv: 2; per block at half resolution, ×2 in LR pixels: 5×5
-    aggregation 2, the rest of the window (window - 1), FFN 3×3 1; the bicubic ×2 up (2 half-resolution
-    taps): 5; fuse and upsampler 3×3 convs: 1 each. The bicubic skip (2) is parallel and smaller.
+    With f = 2**levels (LR pixels per trunk pixel): stem 3×3: 1; the 3×3 stride-2 down convs: 2, 4, ..., f;
+    per block, ×f in LR pixels: 5×5 aggregation 2, the rest of the window (window - 1), FFN 3×3 1; the
+    bicubic ×f up (2 trunk-resolution taps): 2f + 1; fuse and upsampler 3×3 convs: 1 each. The bicubic skip
+    (2) is parallel and smaller.
     """
-    return 3 + 2 * cfg.depth * (cfg.window + 2) + 5 + cfg.fuse + 1
+    f = 2**cfg.levels
+    return 1 + (2 * f - 2) + f * cfg.depth * (cfg.window + 2) + (2 * f + 1) + cfg.fuse + 1
 
 
 class EfficientViTSR(nn.Module):
@@ -133,12 +136,16 @@ class EfficientViTSR(nn.Module):
     def __init__(self, cfg: SRConfig, scale: int):
         super().__init__()
         self.cfg, self.scale = cfg, scale
-        self.multiple = 2 * cfg.window  # LR pixels per half-resolution window
+        f = 2**cfg.levels
+        self.multiple = f * cfg.window  # LR pixels per trunk window
         self.stem = nn.Sequential(nn.Conv2d(3, cfg.stem, 3, padding=1), make_act(cfg.act))
-        self.down = nn.Conv2d(cfg.stem, cfg.width, 3, stride=2, padding=1)
+        downs = [nn.Conv2d(cfg.stem, cfg.width, 3, stride=2, padding=1)]
+        downs += [m for _ in range(cfg.levels - 1)
+                  for m in (make_act(cfg.act), nn.Conv2d(cfg.width, cfg.width, 3, stride=2, padding=1))]
+        self.down = downs[0] if cfg.levels == 1 else nn.Sequential(*downs)  # levels 1: the trained s/m names
         self.blocks = nn.Sequential(*(SRBlock(cfg) for _ in range(cfg.depth)))
         self.up = nn.Conv2d(cfg.width, cfg.stem, 1)
-        self.up_resample = BicubicSkip(2, cfg.stem)  # smooth ×2 (no 2×2-block pattern from a pixel shuffle)
+        self.up_resample = BicubicSkip(f, cfg.stem)  # smooth ×f (no f×f-block pattern from a pixel shuffle)
         self.fuse = nn.Sequential(*(m for _ in range(cfg.fuse)
                                     for m in (nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1), make_act(cfg.act))))
         # 3×3 at both scales: a 1×1 at ×4 (each output pixel a linear map of one LR pixel's features) cost
@@ -159,13 +166,22 @@ class EfficientViTSR(nn.Module):
         return y if self.training else y.clamp(0.0, 1.0)
 
 
-VARIANTS = {"s": SRConfig(stem=24, width=32, depth=2, fuse=3), "m": SRConfig(stem=32, width=64, depth=3, fuse=3)}
-TILES = {"s": 256, "m": 320}  # input tile size per variant (LR pixels)
+# t: the trunk at a quarter of the LR resolution: the latency-matched variant (benchmarks/sr_design_screen.py;
+# its cards have the numbers). ×2: six 16-channel fuse convs; ×4: two 24-channel ones (the 16×6 stack did not
+# train at ×4 on the shared budget: Set5 28.63 dB, 0.2 over bicubic).
+VARIANTS = {"s": SRConfig(stem=24, width=32, depth=2, fuse=3), "m": SRConfig(stem=32, width=64, depth=3, fuse=3),
+            "t": SRConfig(stem=16, width=32, depth=2, fuse=6, levels=2)}
+SCALE_VARIANTS = {("t", 4): SRConfig(stem=24, width=32, depth=2, fuse=2, levels=2)}  # per-scale exceptions
+
+
+def variant_config(variant: str, scale: int) -> SRConfig:
+    return SCALE_VARIANTS.get((variant, scale), VARIANTS[variant])
+TILES = {"s": 256, "m": 320, "t": 512}  # input tile size per variant (LR pixels): twice the margin at least
 
 
 def _contract(variant: str, scale: int) -> SRContract:
-    cfg = VARIANTS[variant]
-    mult = 2 * cfg.window
+    cfg = variant_config(variant, scale)
+    mult = 2**cfg.levels * cfg.window
     margin = -(-receptive_margin(cfg) // mult) * mult  # rounded up to whole windows (keeps windows aligned)
     return SRContract(scale=scale, tile=TILES[variant], margin=margin, size_multiple=mult)
 
@@ -173,7 +189,7 @@ def _register(variant: str, scale: int) -> None:
     @register_model(f"efficientvit-sr-{variant}-x{scale}", family="efficientvit-sr",
                     contract=_contract(variant, scale), key_map=IDENTITY_KEYS)
     def build() -> EfficientViTSR:
-        return EfficientViTSR(VARIANTS[variant], scale)
+        return EfficientViTSR(variant_config(variant, scale), scale)
 
 
 for _v in VARIANTS:
