@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/sr_bench.py [--formats onnx,pte,tflite] [--precisions fp32,int8] [--scales 2,4]
         [--skip export,quality,latency,memory] [--work runs/sr_bench] [--threads 2] [--runs 5] [--x2-tile 480x640]
-        [--baseline-artifacts] [--ours efficientvit-sr-s|efficientvit-sr-t]
+        [--baseline-artifacts] [--ours efficientvit-sr-s|efficientvit-sr-t] [--memory-inputs 480x640,1080p,4k]
 
 Quality rows: the MATLAB bicubic floor, the FSRCNN-sized baseline and EfficientViT-SR fp32 eager (weights in
 models/weights/), then one row per artifact (``--ours``-x{2,4} × format × precision), each run through its
@@ -49,7 +49,7 @@ from edgevit.sr.tiling import upscale_tiled
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE, OURS = "fsrcnn-x{s}", "efficientvit-sr-s-x{s}"
 LATENCY_INPUT = (480, 640)
-MEMORY_INPUTS = {"480x640": (480, 640), "1080p": (1080, 1920)}  # x2 input sizes
+MEMORY_INPUTS = {"480x640": (480, 640), "1080p": (1080, 1920), "4k": (2160, 3840)}  # x2 input sizes
 CALIB = ROOT.parent / "shared" / "data" / "seg" / "voc2012_val14" / "images"  # photos that are not Set5/Set14
 
 
@@ -252,12 +252,13 @@ def _memory_child(source: str, h: int, w: int, threads: int) -> None:
     print(json.dumps({"peak": proc_status_kib("VmHWM") * 1024, "before": before, "arrays": x.nbytes + y.nbytes}))
 
 
-def memory(artifacts: list[dict], threads: int) -> list[dict]:
+def memory(artifacts: list[dict], threads: int, inputs: tuple[str, ...] = ("480x640", "1080p")) -> list[dict]:
     sources = [(f"{OURS.format(s=2)} fp32 eager", OURS.format(s=2))]
     sources += [(_artifact_name(r), r["folder"]) for r in artifacts if r["scale"] == 2 and "error" not in r]
     rows = []
     for name, source in sources:
-        for label, (h, w) in MEMORY_INPUTS.items():
+        for label in inputs:
+            h, w = MEMORY_INPUTS[label]
             code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import sr_bench; "
                     f"sr_bench._memory_child({source!r}, {h}, {w}, {threads})")
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -302,6 +303,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip", default="", help="comma-separated: export (use cached artifacts only), quality, "
                                                "latency, memory")
+    p.add_argument("--memory-inputs", default="480x640,1080p", help=f"x2 input sizes of the memory rows: "
+                   f"{', '.join(MEMORY_INPUTS)}")
     p.add_argument("--fresh", action="store_true", help="re-export even when cached artifacts match the weights")
     p.add_argument("--out", help="also write sr_bench.json here (default: --work)")
     a = p.parse_args()
@@ -339,7 +342,7 @@ def main() -> int:
                   f"{ref / r['median_s']:.2f}x | {tiled / r['median_s']:.2f}x |")
         print(f"\nload average after latency: {_load_average()}\n")
     if "memory" not in skip:
-        report["memory"] = memory(report["artifacts"], a.threads)
+        report["memory"] = memory(report["artifacts"], a.threads, tuple(a.memory_inputs.split(",")))
         print("## Peak memory of tiled x2 upscaling (VmHWM, fresh process per row)\n")
         print("'growth' = peak - RSS after load and one warm-up tile - image arrays (input + output): should stay "
               "flat.\n")
