@@ -306,6 +306,16 @@ def test_dynamic_activations_are_refused_where_not_implemented(tiny, shared_data
     assert not (tmp_path / "x").exists()
 
 
+def test_bad_keep_float_and_ranges_are_refused_before_any_work(tiny, shared_data, tmp_path):
+    """keep_float names the image encoder's modules; both it and --ranges are checked before lowering starts."""
+    kw = dict(calib=shared_data / SA_EXAMPLES, eval_data=shared_data / GRABCUT, progress=False)
+    with pytest.raises(EdgevitError, match="did you mean 'neck'"):
+        export_sam(tiny, "onnx", "int8", tmp_path / "x", keep_float=("necks",), **kw)
+    with pytest.raises(EdgevitError, match="pte: activation ranges 'percentile' are not implemented"):
+        export_sam(tiny, "pte", "int8", tmp_path / "x", ranges="percentile", **kw)
+    assert not list(tmp_path.iterdir())
+
+
 def test_tflite_dynamic_int8_encoder(tiny, exported, shared_data, tmp_path):
     """.tflite int8 with dynamic activations: ai-edge-quantizer's dynamic recipe on the fp32 flatbuffer (no
     calibration, no NhwcIdentity), embeddings close to float."""

@@ -36,7 +36,8 @@ import torch
 from .. import io, processing
 from ..errors import EdgevitError
 from ..export import GateError, _replace_dir, _tool_versions, gate_error, gated_fallback
-from ..lowering.base import ExportRequest, ExportResult, IOSpec, check_activations, check_ranges, get_backend
+from ..lowering.base import (ExportRequest, ExportResult, IOSpec, check_activations, check_keep_float, check_ranges,
+                             get_backend)
 from ..manifest import MANIFEST_NAME, Manifest, read_folder_manifest, sha256_file, verify_component, write_manifest
 from ..quantize.calibration import load_image_set
 from .evaluate import open_sam_dataset
@@ -210,6 +211,7 @@ def export_sam(
         raise EdgevitError(f"{name}: export_sam takes EfficientViT-SAM models (efficientvit-sam-*), not "
                            f"{getattr(contract, 'task', type(model).__name__)!r}")
     gate = MaskGate() if gate == "default" else gate
+    keep_float = tuple(check_keep_float(model.image_encoder, keep_float))  # image-encoder names, before any work
     if eval_data is None:
         raise EdgevitError("SAM export measures mask agreement on prompted real images: pass --eval-data DIR "
                            "(grabcut50 layout: images, masks, prompts.json)")
