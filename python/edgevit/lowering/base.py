@@ -126,11 +126,10 @@ class ExportRequest:
         if self.activations != "static" and self.precision != "int8":
             raise EdgevitError(f"activations={self.activations!r} applies to int8 only (precision is "
                                f"{self.precision!r})")
-        if self.ranges is not None:
-            RANGE_METHODS.get(self.ranges)
-            if self.precision != "int8" or self.activations != "static":
-                raise EdgevitError(f"ranges={self.ranges!r} applies to static int8 activations only (precision "
-                                   f"{self.precision!r}, activations {self.activations!r})")
+        if self.ranges is not None and self.activations != "static":
+            raise EdgevitError(f"ranges={self.ranges!r} applies to static int8 activations only (activations "
+                               f"{self.activations!r})")
+        check_ranges(self.precision, self.ranges, "ExportRequest", RANGE_METHODS.names())  # key and precision
         if self.inputs:
             if self.input_shape is not None:
                 raise EdgevitError("ExportRequest: pass input_shape (one image input) or inputs, not both")

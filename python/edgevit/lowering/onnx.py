@@ -276,11 +276,11 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
 
     with tempfile.TemporaryDirectory(prefix="edgevit-qdq-") as tmp, _quiet_quantizer():
         out = Path(tmp) / "model.onnx"
-        reader, cache = Reader(), None
+        cache = None  # MinMax: onnxruntime calibrates from the reader; other methods: our ranges as its cache
         if method.percentile is not None:
             cache = Path(tmp) / "ranges.json"
             write_range_cache(activation_ranges(fp32_path, data, method), cache)
-            reader = None
+        reader = Reader() if cache is None else None
         try:
             quant.quantize_static(
                 str(fp32_path), str(out), reader, quant_format=quant.QuantFormat.QDQ, per_channel=True,

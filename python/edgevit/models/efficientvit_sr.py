@@ -1,7 +1,8 @@
 """EfficientViT super-resolution (our design; the EfficientViT paper reports SR results but never released
-the network). On the low-resolution (LR) input grid: a 3×3 conv stem; a 3×3 stride-2 conv down to half
-the LR resolution, where the EfficientViT blocks (multi-scale ReLU linear attention + depthwise-conv FFN)
-run at a quarter of the pixels; back up by a 1×1 conv + fixed bicubic ×2, added to the stem features;
+the network). On the low-resolution (LR) input grid: a 3×3 conv stem; ``levels`` 3×3 stride-2 convs down to
+the trunk grid (half the LR resolution for s/m, a quarter for t), where the EfficientViT blocks (multi-scale
+ReLU linear attention + depthwise-conv FFN) run on a quarter (a sixteenth) of the pixels; back up by a 1×1 conv
++ fixed bicubic ×2**levels, added to the stem features;
 ``fuse`` 3×3 convs; a 3×3 conv + pixel shuffle to the output resolution; plus a global
 bicubic skip, so the network only learns the residual. Norm-free (batch statistics of small crops hurt
 SR), biases everywhere.
@@ -11,7 +12,7 @@ ReLU, not EfficientViT's hardswish: without norms the activations stay small (st
 over bicubic; its training loss plateaued after ~300 steps (measured: Set5 ×2 35.24 dB after 600 and
 35.25 after 2000 steps, 36.06 with ReLU after 600 steps, same data and seed).
 
-Attention runs in fixed ``window``×``window`` windows of the half-resolution grid (aligned to the image
+Attention runs in fixed ``window``×``window`` windows of the trunk grid (aligned to the image
 origin): the receptive field is bounded (:func:`receptive_margin`), so tiled inference is exact, and the
 cost is linear in the image size. ``model(x)``: x float32 N×3×h×w RGB in [0, 1] → N×3×(s·h)×(s·w) in [0, 1].
 """
@@ -40,10 +41,15 @@ class SRConfig:
     depth: int  # EfficientViT blocks
     dim: int = 16  # attention head dim
     expand: float = 2.0  # FFN expansion
-    window: int = 8  # attention window (half-resolution pixels)
+    window: int = 8  # attention window (trunk pixels)
     act: ActName = "relu"  # hswish is near-linear at these activation scales (|x| ~ 0.1); see the module doc
     fuse: int = 1  # 3×3 conv + act layers at the LR resolution after the two branches meet
     levels: int = 1  # 3×3 stride-2 convs before the blocks: the trunk runs at LR / 2**levels
+
+    @property
+    def size_multiple(self) -> int:
+        """LR pixels per trunk window: inputs are padded to a multiple of it, tiles aligned to it."""
+        return 2**self.levels * self.window
 
 
 class WindowLiteMLA(nn.Module):
@@ -137,7 +143,7 @@ class EfficientViTSR(nn.Module):
         super().__init__()
         self.cfg, self.scale = cfg, scale
         f = 2**cfg.levels
-        self.multiple = f * cfg.window  # LR pixels per trunk window
+        self.multiple = cfg.size_multiple
         self.stem = nn.Sequential(nn.Conv2d(3, cfg.stem, 3, padding=1), make_act(cfg.act))
         downs = [nn.Conv2d(cfg.stem, cfg.width, 3, stride=2, padding=1)]
         downs += [m for _ in range(cfg.levels - 1)
@@ -176,12 +182,14 @@ SCALE_VARIANTS = {("t", 4): SRConfig(stem=24, width=32, depth=2, fuse=2, levels=
 
 def variant_config(variant: str, scale: int) -> SRConfig:
     return SCALE_VARIANTS.get((variant, scale), VARIANTS[variant])
+
+
 TILES = {"s": 256, "m": 320, "t": 512}  # input tile size per variant (LR pixels): twice the margin at least
 
 
 def _contract(variant: str, scale: int) -> SRContract:
     cfg = variant_config(variant, scale)
-    mult = 2**cfg.levels * cfg.window
+    mult = cfg.size_multiple
     margin = -(-receptive_margin(cfg) // mult) * mult  # rounded up to whole windows (keeps windows aligned)
     return SRContract(scale=scale, tile=TILES[variant], margin=margin, size_multiple=mult)
 
