@@ -1,10 +1,11 @@
 """Which int8 quantizers cost an SR model its PSNR: ONNX QDQ int8 with chosen activation Q/DQ pairs removed.
 
     .venv/bin/python benchmarks/sr_quant_probe.py [--model efficientvit-sr-s-x2] [--sweep] [--ranges minmax|percentile]
+        [--placement inputs|all]
 
 Exports the model (trained weights from models/weights/) to fp32 ONNX at its tile, quantizes it the way
 ``edgevit export --format onnx --precision int8`` does (per-channel symmetric weights, symmetric per-tensor
-activations with MinMax ranges, or ``--ranges percentile``, from real photos that are not Set5), and measures mean
+activations with MinMax ranges, or ``--ranges percentile``, at ``--placement``'s Q/DQ pairs, from real photos that are not Set5), and measures mean
 PSNR-Y on Set5 (tiled by the contract) for: all int8; the declared float region (``SuperResolutionTask.float_regions``: global skip + output tail);
 the skip float only; and the region with each of its tail tensors quantized again one at a time (the marginal
 cost of that one quantizer). ``--sweep`` also removes every activation Q/DQ pair of the all-int8 graph one at a
@@ -66,6 +67,7 @@ def main() -> int:
     p.add_argument("--calib", default=str(ROOT.parent / "shared" / "data" / "seg" / "voc2012_val14" / "images"))
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--ranges", default="minmax", help="activation range method: minmax | percentile")
+    p.add_argument("--placement", default="inputs", help="activation Q/DQ placement: inputs | all")
     a = p.parse_args()
     torch.set_num_threads(1)
     w = bundled_weights(a.model)
@@ -86,7 +88,7 @@ def main() -> int:
 
     def quant(exclude=(), floats=()):
         out = tmp / "q.onnx"
-        quantize_qdq(tmp / "fp32.onnx", out, calib, exclude, floats, a.ranges)
+        quantize_qdq(tmp / "fp32.onnx", out, calib, exclude, floats, a.ranges, a.placement)
         return onnx.load(str(out))
 
     def psnr(graph) -> float:
@@ -99,7 +101,7 @@ def main() -> int:
 
     ref = psnr(proto)
     print(f"{a.model} ({'trained' if w.is_file() else 'UNTRAINED'}), Set5 x{c.scale}, tile {c.tile}: "
-          f"float {ref:.3f} dB, {a.ranges} activation ranges\n")
+          f"float {ref:.3f} dB, {a.ranges} activation ranges, {a.placement} Q/DQ placement\n")
     print("| graph | PSNR-Y drop vs float (dB) |\n|---|---|")
     all_int8, skip_float, with_region = quant(), quant(skip_nodes), quant((), region_nodes)
     for name, g in (("all int8", all_int8), (f"skip {region[0].modules} float", skip_float),

@@ -7,17 +7,23 @@ convolutions by the exporter's optimizer.
 
 int8: the fp32 graph quantized by ``onnxruntime.quantization.quantize_static`` in QDQ form, calibrated on real
 pre-processed samples (one feed dict per sample, every input named): weights int8 symmetric per output channel,
-activations int8 symmetric per tensor (every zero point 0). Their ranges (``ranges``,
+activations int8 symmetric per tensor (every zero point 0), quantized only where they enter a Conv,
+ConvTranspose, MatMul or Gemm (:data:`QDQ_PLACEMENTS` ``inputs``): no Q/DQ pair on those ops' outputs, and
+every other reader of a quantized tensor (a residual add, GELU, a norm, a float MatMul) takes the float tensor
+from before the pair. onnxruntime's default (``all``) quantizes inputs and outputs of every quantizable op and
+lets each tensor's readers share one pair, so residual streams and activation-function internals are rounded
+too; on the random-weight EfficientViT-SAM L0 encoder that cost 5.6 dB of embedding SQNR (30.2 → 35.8 dB with
+``inputs``; mask mIoU vs float 98.54 → 99.27, the 99.0 gate passes), on the trained B0-VOC 98.37% → 98.85%
+pixel agreement (MinMax) and on the trained SR t ×2 a Set5 drop of 0.046 → 0.031 dB. TensorRT fuses this
+placement as int8 convolutions with float outputs (its documented "only the inputs are quantized" case).
+Their ranges (``ranges``,
 :data:`~edgevit.quantize.ranges.RANGE_METHODS`): ``minmax`` through onnxruntime's MinMax calibrator, or
 ``percentile`` (99.99th percentile of |x|) measured by :mod:`edgevit.lowering.onnx_ranges`' streaming histograms
 and handed to the quantizer as its calibration cache (onnxruntime's own histogram calibrator keeps every
-intermediate output of every sample: 24 GB and killed at one 480×640 SR tile). Percentile measured better for
-the trained B0-VOC (14 VOC photos: 98.37% → 99.19% pixel agreement, logits SQNR 21.4 → 27.6 dB) and slightly
-worse for SR (Set5 ×2 drop 0.020 → 0.029 dB); tasks choose (``ExportTask.default_ranges``). Biases are
+intermediate output of every sample: 24 GB and killed at one 480×640 SR tile). Tasks choose (``ExportTask.default_ranges``; their docstrings hold the measurements). Biases are
 left in float (TensorRT's ONNX parser rejects the int32 bias DequantizeLinear onnxruntime would otherwise
 insert; onnxruntime quantizes float biases itself when it fuses a QDQ Conv). Products of two activations
-(``MatMul`` with no constant operand: the LiteMLA attention ``kᵀv`` and ``q(kᵀv)``) are excluded from quantization, so their outputs are never re-quantized (their
-inputs may still arrive through a neighbour's Q/DQ pair): with int8 attention products the trained B0-VOC
+(``MatMul`` with no constant operand: the LiteMLA attention ``kᵀv`` and ``q(kᵀv)``) are excluded from quantization and read float inputs: with int8 attention products the trained B0-VOC
 checkpoint fell to 85% pixel agreement with float on VOC photos, and without them reached 98.3% (mIoU drop
 0.0). Softmax outputs (attention probabilities, e.g. the SAM decoder's) are not re-quantized for the same
 reason (the two-input attention toy of tests/test_lowering_multiio.py: held-out cosine to float of its
@@ -31,8 +37,7 @@ without a calibrator, and onnxruntime runs it on CPU.
 (``<module>.weight``). A node belongs to module ``m`` when ``m`` is one of its scopes or one of its
 initializer inputs is a parameter of ``m`` or of a submodule; the second rule matters for convolutions
 whose batch norm was folded in, which carry the batch norm's scopes but the convolution's weight.
-Excluded nodes keep float weights and compute in float; a tensor on the boundary with a quantized
-neighbour still passes through that neighbour's QuantizeLinear/DequantizeLinear pair.
+Excluded nodes keep float weights and compute in float from float inputs.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +59,7 @@ import numpy as np
 from .. import io
 from ..errors import EdgevitError, require
 from ..quantize.ranges import RANGE_METHODS
+from ..registry import Registry
 from ..runtime.base import CheckedRunner
 from .base import (ExportRequest, ExportResult, IOSpec, check_activations, check_calibration, check_dtypes,
                    check_keep_float, check_ranges)
@@ -238,9 +245,32 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(quiet)
 
 
+@dataclass(frozen=True)
+class QdqPlacement:
+    """Where activation QuantizeLinear/DequantizeLinear pairs go in the int8 graph."""
+
+    name: str
+    op_types: tuple[str, ...] | None  # ops quantized (None: every op onnxruntime can quantize)
+    inputs_only: bool  # True: no Q/DQ on their outputs, and every other reader takes the float tensor
+    description: str
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+PLACEMENT = "inputs"  # the backend's; "all" stays for the A/B in benchmarks/sr_quant_probe.py
+QDQ_PLACEMENTS: Registry[QdqPlacement] = Registry("QDQ placement")
+QDQ_PLACEMENTS.add("inputs", QdqPlacement(
+    "inputs", WEIGHTED_OPS, True,
+    "int8 at the inputs of Conv/ConvTranspose/MatMul/Gemm only: their outputs, residual adds, activation "
+    "functions and norms read float tensors (TensorRT: int8 kernels with float outputs)"))
+QDQ_PLACEMENTS.add("all", QdqPlacement(
+    "all", None, False,
+    "onnxruntime's default: inputs and outputs of every quantizable op, each tensor's readers sharing one "
+    "Q/DQ pair"))
+
+
 def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[Any],
                  exclude_nodes: Sequence[str] = (), float_nodes: Sequence[str] = (),
-                 ranges: str = "minmax") -> list[str]:
+                 ranges: str = "minmax", placement: str = PLACEMENT) -> list[str]:
     """Quantize the fp32 ONNX file at ``fp32_path`` to symmetric int8 QDQ at ``out_path`` (written atomically).
 
     ``calibration``: one tuple of arrays per sample in the graph's input order (a bare array for a single
@@ -250,9 +280,10 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     (:func:`~edgevit.lowering.float_region.unquantize_float_inputs`). ``ranges``: a
     :data:`~edgevit.quantize.ranges.RANGE_METHODS` key; ``minmax`` is onnxruntime's MinMax calibrator, the
     others are measured by :func:`~edgevit.lowering.onnx_ranges.activation_ranges` and handed to the quantizer
-    as its calibration cache.
+    as its calibration cache. ``placement``: a :data:`QDQ_PLACEMENTS` key.
     """
     method = RANGE_METHODS.get(ranges)
+    where = QDQ_PLACEMENTS.get(placement)
     onnx = require("onnx", _EXTRA, "int8 ONNX quantization")
     quant = require("onnxruntime.quantization", _EXTRA, "int8 ONNX quantization")
     proto = onnx.load(str(fp32_path))
@@ -286,14 +317,22 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
                 str(fp32_path), str(out), reader, quant_format=quant.QuantFormat.QDQ, per_channel=True,
                 activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
                 calibrate_method=quant.CalibrationMethod.MinMax, nodes_to_exclude=excluded or None,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+                op_types_to_quantize=list(where.op_types) if where.op_types else None,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                               "OpTypesToExcludeOutputQuantization": list(where.op_types or ())
+                               if where.inputs_only else []},
                 calibration_cache_path=cache)
         except Exception as exc:
             raise EdgevitError(f"{fp32_path}: int8 QDQ quantization failed ({type(exc).__name__}: "
                                f"{_first_line(exc)})") from exc
         qproto = onnx.load(str(out))
-        if float_nodes:
-            unquantize_float_inputs(qproto, float_nodes)
+        readers = set(float_nodes)
+        if where.inputs_only:  # every node but the quantized weighted ops reads float
+            excluded_set = set(excluded)
+            readers |= {n.name for n in proto.graph.node
+                        if n.op_type not in where.op_types or n.name in excluded_set}
+        if readers:
+            unquantize_float_inputs(qproto, readers)
         check_graph(qproto, specs, outputs)
         with io.atomic_write(out_path) as f:
             f.write(qproto.SerializeToString())
@@ -411,13 +450,14 @@ class OnnxBackend:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(proto.SerializeToString())
             ranges = request.ranges or self.default_ranges
-            float_matmuls = quantize_qdq(fp32, out, calibration, excluded, region_nodes, ranges)
+            float_matmuls = quantize_qdq(fp32, out, calibration, excluded, region_nodes, ranges, PLACEMENT)
         onnx = require("onnx", _EXTRA, "ONNX export")
         summary = graph_summary(onnx.load(str(out)))
         quantization = {
             "scheme": "QDQ via onnxruntime.quantization.quantize_static (TensorRT explicit quantization)",
             "weights": "int8 symmetric, per output channel",
             "activations": "int8 symmetric, per tensor (zero point 0)",
+            "placement": QDQ_PLACEMENTS.get(PLACEMENT).description,
             "biases": "float32 (not quantized)",
             "float_ops": "MatMul of two activations (LiteMLA attention products) and Softmax: outputs not "
                          "re-quantized",
