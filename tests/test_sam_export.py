@@ -341,3 +341,20 @@ def test_export_cli_takes_dynamic_activations_for_sam_only(tmp_path, capsys):
     assert main(args) == 2
     assert "implemented for SAM exports so far" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_l0_int8_onnx_encoder_passes_the_gate_all_int8(shared_data, tmp_path):
+    """Real size: the L0 encoder (random weights, seed 0) as static int8 QDQ with Q/DQ only at conv / matmul
+    inputs passes the 99.0 mask gate with no layer kept float (onnxruntime's default placement gave 98.54)."""
+    from edgevit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("efficientvit-sam-l0").eval()
+    out = tmp_path / "l0"
+    top = export_sam(model, "onnx", "int8", out, calib=shared_data / "sam", eval_data=shared_data / GRABCUT,
+                     eval_limit=8, threads=2, progress=False)
+    fid = top["fidelity"]
+    assert fid["gate_result"] == "passed" and fid["mask_miou_vs_float"] >= 99.0, fid["summary"]
+    enc = json.loads((out / "encoder" / "manifest.json").read_text())
+    assert not enc["quantization"].get("kept_float") and enc["quantization"]["int8_conv"] >= 60
+    assert enc["quantization"]["placement"].startswith("int8 at the inputs of Conv")

@@ -235,7 +235,7 @@ def export_sam(
     # NhwcIdentity works around ExecuTorch's layout pass; other formats get the plain rewrite
     enc_friendly, enc_subs = friendly_encoder(model.image_encoder, example,
                                               enc_activations if format == "pte" else "static")
-    enc_regions = tuple(encoder_float_regions(enc_friendly))  # empty unless the dynamic .pte rewrite ran
+    enc_regions = tuple(encoder_float_regions(enc_friendly, format)) if precision == "int8" else ()
     probe = Predictor(model)
     probe.set_image(reference.images[0])
     dec_example = (probe.embeddings, *probe.prompt_arrays(box=gate_set[0].box))

@@ -7,15 +7,13 @@ tiled the same way, against the HR images; the gate fails an artifact more than 
 
 int8 keeps a declared float region (:meth:`SuperResolutionTask.float_regions`): the global interpolation
 skip (the modules that upsample the input image itself) and the output tail (residual + skip sum, clamp).
-Measured (benchmarks/sr_quant_probe.py, re-run 2026-11-25) on the trained efficientvit-sr-s-x2, Set5 ×2,
-256 tiles, ONNX QDQ (weights per channel, activations symmetric per tensor, MinMax ranges), PSNR-Y drop vs
-float: all int8 0.206 dB; skip float (weights, compute) 0.184 dB; skip and tail float 0.020 dB (``--ranges
-percentile``: 0.212 / 0.192 / 0.029 dB). Marginal cost of int8 on one tensor of the region, the rest float:
-the image as the skip reads it 0.112 dB (that probe also quantizes the stem's input), the skip's output 0.084
-dB, the residual conv's output, its pixel shuffle and the sum 0.042 dB each. Why: these tensors carry the whole image
-(range ~[0, 1] or wider), so one symmetric int8 step is 1/127 to 1/110 of it, 2 to 2.3 grey levels of the
-8-bit output, the order of the residual the network adds; the bicubic kernel's small taps also round to 0
-in per-channel int8. The residual branch's inner tensors are small and quantize finely.
+Measured (benchmarks/sr_quant_probe.py, 2026-11-25) on the trained efficientvit-sr-s-x2, Set5 ×2, 256 tiles,
+ONNX QDQ (weights per channel, activations symmetric per tensor at conv inputs, MinMax ranges), PSNR-Y drop vs
+float: all int8 0.097 dB; skip and tail float 0.015 dB (``--ranges percentile``: 0.107 / 0.027 dB; with
+onnxruntime's default Q/DQ placement, ``--placement all``, earlier the same day: 0.206 / 0.020 dB). Why the skip
+matters: it carries the whole image (range ~[0, 1] or wider), so one symmetric int8 step is 1/127 to 1/110 of it,
+2 to 2.3 grey levels of the 8-bit output, the order of the residual the network adds; the bicubic kernel's small
+taps also round to 0 in per-channel int8. The residual branch's inner tensors are small and quantize finely.
 """
 
 from __future__ import annotations
@@ -148,8 +146,8 @@ class SuperResolutionTask:
         return SRGate()
 
     def default_ranges(self, format: str) -> str | None:
-        """The format's default (ONNX: MinMax): with the declared float region, Set5 ×2 drop 0.020 dB against
-        0.029 dB with 99.99th-percentile ranges (module docstring)."""
+        """The format's default (ONNX: MinMax): with the declared float region, Set5 ×2 drop 0.015 dB (s) and
+        0.031 dB (t) against 0.027 / 0.034 dB with 99.99th-percentile ranges (module docstring)."""
         return None
 
     def float_regions(self, model: Any, example: Any) -> list[FloatRegion]:
