@@ -5,12 +5,13 @@ at 0 flips pixels under small perturbations; the curve says what SQNR the 99.0 g
 
     .venv/bin/python benchmarks/sam_gate_sensitivity.py [--model efficientvit-sam-l0] [--weights W]
         [--artifacts DIR | --export-int8 DIR [--format pte|tflite|onnx] [--activations static|dynamic]
-        [--ranges minmax|percentile]] [--levels 25,30,...] [--seed 0] [--limit 8] [--threads 2]
+        [--ranges minmax|percentile] [--placement weighted|all]] [--levels 25,30,...] [--seed 0] [--limit 8] [--threads 2]
 
 ``--artifacts`` must hold the same weights (an export of ``--weights``, or of random weights with the same
 ``--seed``: ``export_sam`` on ``create_model`` right after ``torch.manual_seed(seed)``); ``--export-int8 DIR``
 writes such a folder first (int8 encoder in ``--format``, default .pte, gate off; ``--activations dynamic`` for
-run-time activation ranges, ``--ranges`` for the static range method). ``--levels ""`` skips the noise curve.
+run-time activation ranges, ``--ranges`` for the static range method, ``--placement`` for where static int8
+quantizes; default: ``export_sam``'s). ``--levels ""`` skips the noise curve.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
                     help="int8 activations of the --export-int8 encoder")
     ap.add_argument("--format", default="pte", help="format of the --export-int8 folder: pte | tflite | onnx")
     ap.add_argument("--ranges", help="static int8 range method of the --export-int8 encoder: minmax | percentile")
+    ap.add_argument("--placement", help="static int8 placement of the --export-int8 encoder: weighted | all")
     ap.add_argument("--levels", default=",".join(map(str, SQNR_LEVELS_DB)), help="noise SQNRs (dB), comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -60,7 +62,8 @@ def main() -> None:
         from edgevit.sam.export import export_sam
 
         export_sam(model, a.format, "int8", a.export_int8, calib=a.calib, eval_data=a.data, eval_limit=a.limit,
-                   threads=a.threads, gate=None, progress=True, activations=a.activations, ranges=a.ranges)
+                   threads=a.threads, gate=None, progress=True, activations=a.activations, ranges=a.ranges,
+                   placement=a.placement)
         a.artifacts = a.artifacts or a.export_int8
     reference = FloatReference(Predictor(model), gate)
     eager = Predictor(model)
@@ -91,8 +94,11 @@ def main() -> None:
         fid = reference.measure(Predictor(art))
         enc = io.read_json_object(Path(art.folder) / art.manifest["components"]["encoder"]["path"] / "manifest.json",
                                   "re-export the folder")
-        ranges = ((enc.get("quantization") or {}).get("calibration_method") or "").split(":")[0]
-        label = f"{art.model_id}{', ' + ranges + ' ranges' if ranges else ''}"
+        q = enc.get("quantization") or {}
+        ranges = (q.get("calibration_method") or "").split(":")[0]
+        place = (q.get("placement") or "").split(":")[0]
+        label = (f"{art.model_id}{', ' + ranges + ' ranges' if ranges else ''}"
+                 f"{', ' + place + ' placement' if place else ''}")
         lines.append(f"| {label} | {np.mean(sq):.1f} (min {min(sq):.1f}) | {fid.miou:.2f} |")
     print("\n".join(lines))
 

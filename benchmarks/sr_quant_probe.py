@@ -1,7 +1,7 @@
 """Which int8 quantizers cost an SR model its PSNR: ONNX QDQ int8 with chosen activation Q/DQ pairs removed.
 
     .venv/bin/python benchmarks/sr_quant_probe.py [--model efficientvit-sr-s-x2] [--sweep] [--ranges minmax|percentile]
-        [--placement inputs|all]
+        [--placement weighted|all]
 
 Exports the model (trained weights from models/weights/) to fp32 ONNX at its tile, quantizes it the way
 ``edgevit export --format onnx --precision int8`` does (per-channel symmetric weights, symmetric per-tensor
@@ -67,7 +67,7 @@ def main() -> int:
     p.add_argument("--calib", default=str(ROOT.parent / "shared" / "data" / "seg" / "voc2012_val14" / "images"))
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--ranges", default="minmax", help="activation range method: minmax | percentile")
-    p.add_argument("--placement", default="inputs", help="activation Q/DQ placement: inputs | all")
+    p.add_argument("--placement", default="weighted", help="int8 placement: weighted | all")
     a = p.parse_args()
     torch.set_num_threads(1)
     w = bundled_weights(a.model)

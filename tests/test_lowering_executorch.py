@@ -308,6 +308,28 @@ def test_dynamic_int8_activations_are_more_precise_than_static(photos, tmp_path)
     assert sqnr["dynamic"] > sqnr["static"] + 3 and sqnr["dynamic"] > 30, sqnr
 
 
+def test_weighted_placement_keeps_the_residual_stream_float(photos, tmp_path):
+    """Static int8 with ``placement="weighted"``: the residual adds are not re-quantized (float32 inside the
+    delegate), the convs stay int8, the program is one delegate, and the output is closer to float than with
+    every add in int8."""
+    torch.manual_seed(0)
+    model = _ConvNet().eval()
+    xs = _inputs(photos, 64, 128)
+    ref = _eager(model, xs[4])
+    sqnr = {}
+    for placement in ("all", "weighted"):
+        out = tmp_path / f"{placement}.pte"
+        result = get_backend("pte").export(ExportRequest(model, (1, 3, 64, 128), "int8", out, calibration=xs[:3],
+                                                         placement=placement))
+        q = result.quantization
+        assert q["placement"].startswith(f"{placement}: ")
+        assert q["weighted_ops_int8"] == 6 and not q["float_weighted_ops"]
+        assert (q["int8_elementwise_ops"] == 0) == (placement == "weighted"), q["int8_elementwise_ops"]
+        assert result.delegation["non_delegated_compute_nodes"] == 0
+        sqnr[placement] = sqnr_db(ref, get_backend("pte").load(out, _manifest((1, 3, 64, 128), "int8"))(xs[4]))
+    assert sqnr["weighted"] > sqnr["all"], sqnr
+
+
 def test_activation_modes_are_checked(b0, tmp_path):
     friendly, xs = b0[1], b0[3]
     with pytest.raises(edgevit.UnknownKeyError, match="did you mean 'dynamic'"):

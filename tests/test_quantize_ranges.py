@@ -12,6 +12,7 @@ import torch
 
 from edgevit.errors import EdgevitError, UnknownKeyError
 from edgevit.lowering.base import ExportRequest, check_ranges, get_backend
+from edgevit.quantize.placement import INT8_PLACEMENTS, check_placement
 from edgevit.quantize.ranges import RANGE_METHODS, AbsHistogram
 
 
@@ -174,16 +175,16 @@ def _readers_of_dequantized(path: Path) -> tuple[set[str], bool]:
 
 
 def test_qdq_placement_quantizes_weighted_inputs_only(net):
-    """``inputs`` (the backend's): only Conv/MatMul inputs pass through a Q/DQ pair, the residual add reads the
-    float image and the float conv output; onnxruntime's ``all`` rounds the add's operands too, and its output
-    is further from float."""
-    assert lowering_onnx.QDQ_PLACEMENTS.names() == ["all", "inputs"]
-    with pytest.raises(UnknownKeyError, match="inputs"):
-        lowering_onnx.QDQ_PLACEMENTS.get("input")
-    paths = {p: net["tmp"] / f"place-{p}.onnx" for p in ("inputs", "all")}
+    """``weighted`` (the ONNX default): only Conv/MatMul inputs pass through a Q/DQ pair, the residual add reads
+    the float image and the float conv output; onnxruntime's ``all`` rounds the add's operands too, and its
+    output is further from float."""
+    assert INT8_PLACEMENTS.names() == ["all", "weighted"]
+    with pytest.raises(UnknownKeyError, match="weighted"):
+        INT8_PLACEMENTS.get("weigthed")
+    paths = {p: net["tmp"] / f"place-{p}.onnx" for p in ("weighted", "all")}
     for p, path in paths.items():
         lowering_onnx.quantize_qdq(net["fp32"], path, net["samples"], placement=p)
-    readers, conv_out = _readers_of_dequantized(paths["inputs"])
+    readers, conv_out = _readers_of_dequantized(paths["weighted"])
     assert readers == {"Conv"} and not conv_out
     readers_all, conv_out_all = _readers_of_dequantized(paths["all"])
     assert "Add" in readers_all and conv_out_all
@@ -196,4 +197,21 @@ def test_qdq_placement_quantizes_weighted_inputs_only(net):
                 ref = net["model"](torch.from_numpy(x)).numpy()
             err.append(np.abs(s.run(None, {"image": x})[0] - ref).mean())
         errors[p] = float(np.mean(err))
-    assert errors["inputs"] < 0.5 * errors["all"], errors
+    assert errors["weighted"] < 0.5 * errors["all"], errors
+    result = get_backend("onnx").export(ExportRequest(net["model"], (1, 3, 32, 32), "int8", net["tmp"] / "pl.onnx",
+                                                      [s[0] for s in net["samples"]], placement="all"))
+    assert result.quantization["placement"].startswith("all: onnxruntime's default")
+
+
+def test_placement_is_checked_before_work():
+    model = torch.nn.Conv2d(3, 4, 3).eval()
+    with pytest.raises(EdgevitError, match="static int8 only"):
+        ExportRequest(model, (1, 3, 8, 8), "fp32", Path("m.onnx"), placement="weighted")
+    with pytest.raises(EdgevitError, match="static int8 only"):
+        ExportRequest(model, (1, 3, 8, 8), "int8", Path("m.pte"), activations="dynamic", placement="all")
+    with pytest.raises(UnknownKeyError, match="weighted"):
+        ExportRequest(model, (1, 3, 8, 8), "int8", Path("m.onnx"), placement="weight")
+    with pytest.raises(EdgevitError, match="tflite: int8 placement 'weighted' is not implemented"):
+        check_placement("int8", "static", "weighted", "tflite", get_backend("tflite").placements)
+    for fmt in ("pte", "onnx", "tflite"):  # the default is listed first
+        assert get_backend(fmt).placements[0] == {"onnx": "weighted"}.get(fmt, "all")

@@ -108,7 +108,7 @@ def _cmd_export_sam(a: argparse.Namespace) -> None:
     top = export_sam(a.model, a.format, a.precision, a.out, weights=a.weights, calib=a.calib, eval_data=a.eval_data,
                      eval_layout=a.eval_layout, gate=gate, keep_float=tuple(a.keep_float), threads=a.threads,
                      eval_limit=a.eval_limit, decoder_precision=a.decoder_precision, activations=a.activations,
-                     ranges=a.ranges)
+                     ranges=a.ranges, placement=a.placement)
     c, f = top["components"], top["fidelity"]
     act = f" ({c['encoder']['activations']} activations)" if c["encoder"].get("activations") else ""
     print(f"{a.out}: encoder {top['format']}/{c['encoder']['precision']}{act} "
@@ -129,7 +129,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
     m = export(a.model, a.format, a.precision, a.out, weights=a.weights, labelset=a.labelset, calib=a.calib,
                calib_layout=a.calib_layout, eval_data=a.eval_data, eval_layout=a.eval_layout,
                input_size=a.input_size, gate=_export_gate(a), keep_float=tuple(a.keep_float), threads=a.threads,
-               ranges=a.ranges)
+               ranges=a.ranges, placement=a.placement)
     f = m.fidelity or {}
     print(f"{a.out}: {m.format}/{m.precision} {m.size_bytes / 1e6:.2f} MB; {f.get('summary', '')}; "
           f"gate {f['gate_result']}")
@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ranges", help="static int8 activation ranges from the calibration images: minmax | percentile "
                    "(99.99th percentile of |x|); ONNX only; default: the task's measured choice (segmentation: "
                    "percentile, others: minmax)")
+    s.add_argument("--placement", help="where static int8 quantizes: weighted (convs and matmuls/linears only; "
+                   "adds, multiplies, concatenations float) | all (every op the quantizer can); pte and onnx; default: "
+                   "the format's (onnx weighted, pte all; SAM encoders weighted)")
     s.add_argument("--min-agreement", type=float, help="segmentation gate: pixel agreement with float (default 0.98)")
     s.add_argument("--no-gate", action="store_true", help="write the artifact even if it misses the budget")
     s.add_argument("--threads", type=int, default=2)

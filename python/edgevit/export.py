@@ -21,6 +21,7 @@ import torch
 
 from .errors import EdgevitError
 from .lowering.base import ExportRequest, ExportResult, IOSpec, check_ranges, get_backend
+from .quantize.placement import check_placement
 from .lowering.float_region import FloatRegion
 from .lowering.rewrite import export_friendly
 from .manifest import Manifest, sha256_file, write_manifest
@@ -72,11 +73,12 @@ def _tool_versions(result: ExportResult) -> dict[str, str]:
 
 
 def _lower(backend, model, io_specs, precision, calib: list[np.ndarray] | None, keep_float, tmp: Path,
-           regions: tuple[FloatRegion, ...] = (), ranges: str | None = None) -> ExportResult:
+           regions: tuple[FloatRegion, ...] = (), ranges: str | None = None,
+           placement: str | None = None) -> ExportResult:
     inputs, outputs = io_specs
     request = ExportRequest.multi(model, [IOSpec.from_dict(d) for d in inputs], [d["name"] for d in outputs],
                                   precision, tmp / f"model{backend.extension}", calib, keep_float,
-                                  regions if precision == "int8" else (), ranges=ranges)
+                                  regions if precision == "int8" else (), ranges=ranges, placement=placement)
     return backend.export(request)
 
 
@@ -140,6 +142,7 @@ def export(
     threads: int | None = None,
     progress: bool = True,
     ranges: str | None = None,
+    placement: str | None = None,
 ) -> Manifest:
     """Export ``model_id`` to ``format`` (pte | tflite | onnx) at ``precision`` into the folder ``out``.
 
@@ -149,12 +152,16 @@ def export(
     agreement for segmentation), a task gate object, or ``None`` to write the artifact even when it misses
     the budget (``--no-gate``). ``ranges``: how static int8 activation ranges come from the calibration images
     (:data:`~edgevit.quantize.ranges.RANGE_METHODS`; ONNX takes ``minmax`` and ``percentile``; None: the task's
-    measured choice, ``ExportTask.default_ranges``, e.g. ``percentile`` for segmentation ONNX, else the format's). Returns the manifest written to ``out/manifest.json``.
+    measured choice, ``ExportTask.default_ranges``, e.g. ``percentile`` for segmentation ONNX, else the format's).
+    ``placement``: where static int8 puts its quantizers (:data:`~edgevit.quantize.placement.INT8_PLACEMENTS`;
+    None: the format's default, ONNX ``weighted``, .pte and .tflite ``all``). Returns the manifest written to
+    ``out/manifest.json``.
     """
     backend = get_backend(format)
     if precision not in backend.precisions:
         raise EdgevitError(f"{format}: precision {precision!r} is not supported; choose one of {backend.precisions}")
     check_ranges(precision, ranges, format, backend.range_methods)
+    check_placement(precision, "static", placement, format, backend.placements)
     model = create_model(model_id, weights=weights, labelset=labelset)
     task = task_for(model.contract)
     if precision == "int8" and ranges is None:
@@ -184,7 +191,7 @@ def export(
 
         def attempt(kept_names: list[str]) -> tuple[Fidelity, list[str]]:
             lowered["result"] = _lower(backend, friendly, (inputs, outputs), precision, calib_inputs, kept_names,
-                                       tmp, regions, ranges)
+                                       tmp, regions, ranges, placement)
             provisional = Manifest(model_id, format, precision, artifact.name, "", artifact.stat().st_size, inputs,
                                    outputs, contract.to_dict(), {})
             fid = task.measure(TorchRunner(model), backend.load(artifact, provisional, threads), contract, fid_set)

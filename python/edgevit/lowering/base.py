@@ -20,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import EdgevitError, UnknownKeyError
+from ..quantize.placement import INT8_PLACEMENTS, check_placement
 from ..quantize.ranges import RANGE_METHODS
 from ..registry import Registry
 from .float_region import FloatRegion
@@ -106,6 +107,8 @@ class ExportRequest:
     ``ranges`` (static int8 only): a :data:`~edgevit.quantize.ranges.RANGE_METHODS` key choosing how the
     static activation ranges come from the calibration samples, or None for the backend's own default
     (backends list the methods they take in ``range_methods``).
+    ``placement`` (static int8 only): a :data:`~edgevit.quantize.placement.INT8_PLACEMENTS` key, where the
+    activation quantizers go, or None for the backend's default (backends list theirs in ``placements``).
     """
 
     model: nn.Module
@@ -119,6 +122,7 @@ class ExportRequest:
     float_regions: tuple[FloatRegion, ...] = ()
     activations: str = "static"
     ranges: str | None = None
+    placement: str | None = None
 
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATIONS:
@@ -130,6 +134,8 @@ class ExportRequest:
             raise EdgevitError(f"ranges={self.ranges!r} applies to static int8 activations only (activations "
                                f"{self.activations!r})")
         check_ranges(self.precision, self.ranges, "ExportRequest", RANGE_METHODS.names())  # key and precision
+        check_placement(self.precision, self.activations, self.placement, "ExportRequest",
+                        tuple(INT8_PLACEMENTS.names()))
         if self.inputs:
             if self.input_shape is not None:
                 raise EdgevitError("ExportRequest: pass input_shape (one image input) or inputs, not both")
@@ -158,10 +164,11 @@ class ExportRequest:
     def multi(cls, model: nn.Module, inputs: Sequence[IOSpec], outputs: Sequence[str], precision: str,
               out_path: Path, calibration: list[tuple[np.ndarray, ...]] | None = None,
               keep_float: Sequence[str] = (), float_regions: Sequence[FloatRegion] = (),
-              activations: str = "static", ranges: str | None = None) -> ExportRequest:
+              activations: str = "static", ranges: str | None = None, placement: str | None = None
+              ) -> ExportRequest:
         """A request with named ``inputs`` (forward's positional arguments) and ``outputs`` (its results)."""
         return cls(model, None, precision, Path(out_path), calibration, tuple(keep_float), tuple(inputs),
-                   tuple(outputs), tuple(float_regions), activations, ranges)
+                   tuple(outputs), tuple(float_regions), activations, ranges, placement)
 
     def example_inputs(self) -> tuple[Any, ...]:
         """Example tensors for tracing: the first calibration sample when there is one, else zeros."""
@@ -226,6 +233,7 @@ class Backend(Protocol):
     precisions: tuple[str, ...]
     activation_modes: tuple[str, ...]  # int8 activation modes it implements (ACTIVATIONS)
     range_methods: tuple[str, ...]  # static-range methods it takes (RANGE_METHODS keys; () = its own only)
+    placements: tuple[str, ...]  # static int8 placements it takes (INT8_PLACEMENTS keys), its default first
     dtypes: tuple[str, ...]  # input dtypes it takes (float32 always)
     extra: str  # pip extra that installs the toolchain
 

@@ -11,6 +11,10 @@ int8 scheme: weights int8 symmetric per output channel, activations int8 affine 
 observer) on conv / linear / add / cat outputs; ops the quantizer does not annotate (the LiteMLA attention
 products and its normaliser) run in float32 inside the same delegate, between dequantize/quantize.
 Modules named in ``keep_float`` are not annotated at all, so their weights and arithmetic stay float32.
+``placement="weighted"`` (static): adds, multiplies and concatenations are not annotated either, so residual
+streams stay float32 and only the convs / linears (inputs, weights and outputs, as XNNPACK's int8 kernels need)
+are int8. SAM L0 encoder, seed 0: embeddings 31.3 → 34.4 dB, mask mIoU vs float 98.79 → 99.18 (gate passes),
+95 → 97-114 ms (session timing).
 ``activations="dynamic"``: the same int8 weights, but activations are quantized at run time (XNNPACK qd8:
 each tensor's own range, per image for convolutions, per row for linears) only where they enter a conv /
 linear; adds, activation functions and everything else stay float32, so there is no calibration to mis-fit
@@ -46,6 +50,7 @@ from torch import nn
 
 from .. import errors
 from ..errors import EdgevitError
+from ..quantize.placement import INT8_PLACEMENTS, check_placement
 from ..runtime.base import CheckedRunner
 from .base import (ExportRequest, ExportResult, check_activations, check_calibration, check_dtypes,
                    check_keep_float, check_ranges, flat_outputs)
@@ -126,6 +131,10 @@ def _quantization_report(gm: torch.fx.GraphModule, keep_float: Sequence[str]) ->
                 kept[owner] += 1
     float_compute = Counter(str(n.target).split(".")[1] for n in gm.graph.nodes
                             if n.op == "call_function" and str(n.target) in ("aten.bmm.default", "aten.div.Tensor"))
+    int8_elementwise = sum(  # int8 in and out: every input dequantized, every reader a quantize
+        1 for n in gm.graph.nodes if str(n.target) in UNWEIGHTED_TARGETS
+        and all("dequantize" in str(a.target) for a in n.all_input_nodes)
+        and n.users and all(str(u.target).startswith("quantized_decomposed.quantize") for u in n.users))
     return {
         "scheme": INT8_SCHEME,
         "float32_attention_ops": dict(float_compute),  # LiteMLA products and normaliser, not annotated
@@ -133,6 +142,7 @@ def _quantization_report(gm: torch.fx.GraphModule, keep_float: Sequence[str]) ->
         "weighted_ops_float": len(float_ops),
         "float_weighted_ops": float_ops,
         "kept_float": {name: kept.get(name, 0) for name in keep_float},
+        "int8_elementwise_ops": int8_elementwise,  # adds / muls / cats computed between int8 tensors
     }
 
 
@@ -188,19 +198,33 @@ def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]):
                            f"{first}); export the model rewritten by export_friendly for this input size") from exc
 
 
+# ``placement="weighted"``: the quantizer's add / mul / cat patterns are not annotated (those ops run in float32
+# inside the delegate, between the int8 convs / linears whose outputs XNNPACK still writes in int8)
+UNWEIGHTED_TARGETS = ("aten.add.Tensor", "aten.add_.Tensor", "aten.mul.Tensor", "aten.mul_.Tensor", "aten.cat.default")
+
+
+def _node_filter(float_regions: Sequence[FloatRegion], keep_float: Sequence[str], weighted: bool):
+    """The quantizer's node filter (True: annotate), or None when every node may be annotated."""
+    if not (keep_float or float_regions or weighted):
+        return None
+    inner = fx_filter(float_regions, keep_float)
+    return lambda node: inner(node) and not (weighted and str(node.target) in UNWEIGHTED_TARGETS)
+
+
 def _quantize(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: list[tuple[torch.Tensor, ...]],
-              keep_float: Sequence[str], float_regions: Sequence[FloatRegion] = (), activations: str = "static"
-              ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+              keep_float: Sequence[str], float_regions: Sequence[FloatRegion] = (), activations: str = "static",
+              placement: str = "all") -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     xq = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "ExecuTorch int8 export")
     pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "ExecuTorch int8 export")
     dynamic = activations == "dynamic"
     config = xq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
     quantizer = xq.XNNPACKQuantizer().set_global(config)
     keep_float, added = _widen_keep_float(model, keep_float)
-    if keep_float or float_regions:
+    node_filter = _node_filter(float_regions, keep_float, placement == "weighted")
+    if node_filter is not None:
         # XNNPACKQuantizer.set_module_name(name, None) is refused ("None is not supported yet"); a node
         # filter that skips every node traced under a kept module (or in a float region) has the intended effect.
-        quantizer.set_filter_function(fx_filter(float_regions, keep_float))
+        quantizer.set_filter_function(node_filter)
     graph = _torch_export(model, example).module()
     region_nodes = sorted(fx_float_nodes(graph.graph, float_regions)) if float_regions else []
     prepared = pt2e.prepare_pt2e(graph, quantizer)
@@ -210,6 +234,8 @@ def _quantize(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: 
     converted = pt2e.convert_pt2e(prepared)
     report = _quantization_report(converted, keep_float)
     report["activations"] = activations
+    if not dynamic:
+        report["placement"] = f"{placement}: {INT8_PLACEMENTS.get(placement).description}"
     if dynamic:
         report["scheme"] = INT8_DYNAMIC_SCHEME
     report["calibration_images"] = 0 if dynamic else len(calibration)
@@ -226,6 +252,7 @@ class ExecuTorchBackend:
     precisions = ("fp32", "int8")
     activation_modes = ("static", "dynamic")
     range_methods: tuple[str, ...] = ()  # the PT2E quantizer's HistogramObserver only
+    placements = ("all", "weighted")
     dtypes = ("float32", "int32", "int64")
     extra = EXTRA
 
@@ -236,6 +263,7 @@ class ExecuTorchBackend:
         check_dtypes(request, "pte", self.dtypes)
         check_activations(request.precision, request.activations, "pte", self.activation_modes)
         check_ranges(request.precision, request.ranges, "pte", self.range_methods)
+        check_placement(request.precision, request.activations, request.placement, "pte", self.placements)
         calibration = _calibration_tensors(request)
         exir = _require("executorch.exir", "ExecuTorch export")
         partitioner = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
@@ -251,7 +279,7 @@ class ExecuTorchBackend:
         quant = None
         if request.precision == "int8":
             model, quant = _quantize(model, example, calibration, request.keep_float, request.float_regions,
-                                     request.activations)
+                                     request.activations, request.placement or self.placements[0])
         elif request.keep_float:
             notes.append("keep_float ignored: fp32 export keeps every module in float")
         program = _torch_export(model, example)

@@ -73,6 +73,7 @@ import numpy as np
 
 from .. import io
 from ..errors import EdgevitError, require
+from ..quantize.placement import check_placement
 from ..runtime.base import CheckedRunner
 from .base import (ExportRequest, ExportResult, IOSpec, check_activations, check_calibration, check_dtypes,
                    check_keep_float, check_ranges)
@@ -126,6 +127,7 @@ def _check_request(request: ExportRequest) -> None:
     check_dtypes(request, "tflite", LiteRTBackend.dtypes)
     check_activations(request.precision, request.activations, "tflite", LiteRTBackend.activation_modes)
     check_ranges(request.precision, request.ranges, "tflite", LiteRTBackend.range_methods)
+    check_placement(request.precision, request.activations, request.placement, "tflite", LiteRTBackend.placements)
     if Path(request.out_path).suffix != LiteRTBackend.extension:
         raise EdgevitError(f"{request.out_path}: a LiteRT artifact must end in {LiteRTBackend.extension}")
     if request.precision != "int8" and request.keep_float:
@@ -685,6 +687,7 @@ class LiteRTBackend:
     precisions = ("fp32", "fp16", "int8")
     activation_modes = ("static", "dynamic")
     range_methods: tuple[str, ...] = ()  # the PT2E quantizer's HistogramObserver only
+    placements = ("all",)
     dtypes = ("float32", "int32")  # the converter turns int64 inputs into int32 ones: declare them int32
     extra = _EXTRA
 

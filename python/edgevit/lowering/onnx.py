@@ -8,12 +8,12 @@ convolutions by the exporter's optimizer.
 int8: the fp32 graph quantized by ``onnxruntime.quantization.quantize_static`` in QDQ form, calibrated on real
 pre-processed samples (one feed dict per sample, every input named): weights int8 symmetric per output channel,
 activations int8 symmetric per tensor (every zero point 0), quantized only where they enter a Conv,
-ConvTranspose, MatMul or Gemm (:data:`QDQ_PLACEMENTS` ``inputs``): no Q/DQ pair on those ops' outputs, and
+ConvTranspose, MatMul or Gemm (``placement`` ``weighted``, the default): no Q/DQ pair on those ops' outputs, and
 every other reader of a quantized tensor (a residual add, GELU, a norm, a float MatMul) takes the float tensor
 from before the pair. onnxruntime's default (``all``) quantizes inputs and outputs of every quantizable op and
 lets each tensor's readers share one pair, so residual streams and activation-function internals are rounded
 too; on the random-weight EfficientViT-SAM L0 encoder that cost 5.6 dB of embedding SQNR (30.2 → 35.8 dB with
-``inputs``; mask mIoU vs float 98.54 → 99.27, the 99.0 gate passes), on the trained B0-VOC 98.37% → 98.85%
+``weighted``; mask mIoU vs float 98.54 → 99.27, the 99.0 gate passes), on the trained B0-VOC 98.37% → 98.85%
 pixel agreement (MinMax) and on the trained SR t ×2 a Set5 drop of 0.046 → 0.031 dB. TensorRT fuses this
 placement as int8 convolutions with float outputs (its documented "only the inputs are quantized" case).
 Their ranges (``ranges``,
@@ -50,7 +50,6 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +57,8 @@ import numpy as np
 
 from .. import io
 from ..errors import EdgevitError, require
+from ..quantize.placement import INT8_PLACEMENTS, check_placement
 from ..quantize.ranges import RANGE_METHODS
-from ..registry import Registry
 from ..runtime.base import CheckedRunner
 from .base import (ExportRequest, ExportResult, IOSpec, check_activations, check_calibration, check_dtypes,
                    check_keep_float, check_ranges)
@@ -245,32 +244,20 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(quiet)
 
 
-@dataclass(frozen=True)
-class QdqPlacement:
-    """Where activation QuantizeLinear/DequantizeLinear pairs go in the int8 graph."""
-
-    name: str
-    op_types: tuple[str, ...] | None  # ops quantized (None: every op onnxruntime can quantize)
-    inputs_only: bool  # True: no Q/DQ on their outputs, and every other reader takes the float tensor
-    description: str
-
-
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-PLACEMENT = "inputs"  # the backend's; "all" stays for the A/B in benchmarks/sr_quant_probe.py
-QDQ_PLACEMENTS: Registry[QdqPlacement] = Registry("QDQ placement")
-QDQ_PLACEMENTS.add("inputs", QdqPlacement(
-    "inputs", WEIGHTED_OPS, True,
-    "int8 at the inputs of Conv/ConvTranspose/MatMul/Gemm only: their outputs, residual adds, activation "
-    "functions and norms read float tensors (TensorRT: int8 kernels with float outputs)"))
-QDQ_PLACEMENTS.add("all", QdqPlacement(
-    "all", None, False,
-    "onnxruntime's default: inputs and outputs of every quantizable op, each tensor's readers sharing one "
-    "Q/DQ pair"))
+# placement -> (op types quantized, None: every op onnxruntime can; inputs only: no Q/DQ on their outputs and
+# every other reader of a quantized tensor takes the float tensor)
+_QDQ_PLACEMENT = {"weighted": (WEIGHTED_OPS, True), "all": (None, False)}
+_QDQ_PLACEMENT_NOTES = {
+    "weighted": "Q/DQ only at the inputs of Conv/ConvTranspose/MatMul/Gemm; their outputs, residual adds, activation "
+                "functions and norms read float tensors (TensorRT: int8 kernels with float outputs)",
+    "all": "onnxruntime's default: Q/DQ on the inputs and outputs of every quantizable op, each tensor's readers "
+           "sharing one pair"}
 
 
 def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[Any],
                  exclude_nodes: Sequence[str] = (), float_nodes: Sequence[str] = (),
-                 ranges: str = "minmax", placement: str = PLACEMENT) -> list[str]:
+                 ranges: str = "minmax", placement: str = "weighted") -> list[str]:
     """Quantize the fp32 ONNX file at ``fp32_path`` to symmetric int8 QDQ at ``out_path`` (written atomically).
 
     ``calibration``: one tuple of arrays per sample in the graph's input order (a bare array for a single
@@ -280,10 +267,10 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     (:func:`~edgevit.lowering.float_region.unquantize_float_inputs`). ``ranges``: a
     :data:`~edgevit.quantize.ranges.RANGE_METHODS` key; ``minmax`` is onnxruntime's MinMax calibrator, the
     others are measured by :func:`~edgevit.lowering.onnx_ranges.activation_ranges` and handed to the quantizer
-    as its calibration cache. ``placement``: a :data:`QDQ_PLACEMENTS` key.
+    as its calibration cache. ``placement``: an :data:`~edgevit.quantize.placement.INT8_PLACEMENTS` key.
     """
     method = RANGE_METHODS.get(ranges)
-    where = QDQ_PLACEMENTS.get(placement)
+    op_types, inputs_only = _QDQ_PLACEMENT[INT8_PLACEMENTS.get(placement).name]
     onnx = require("onnx", _EXTRA, "int8 ONNX quantization")
     quant = require("onnxruntime.quantization", _EXTRA, "int8 ONNX quantization")
     proto = onnx.load(str(fp32_path))
@@ -317,20 +304,19 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
                 str(fp32_path), str(out), reader, quant_format=quant.QuantFormat.QDQ, per_channel=True,
                 activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
                 calibrate_method=quant.CalibrationMethod.MinMax, nodes_to_exclude=excluded or None,
-                op_types_to_quantize=list(where.op_types) if where.op_types else None,
+                op_types_to_quantize=list(op_types) if op_types else None,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                               "OpTypesToExcludeOutputQuantization": list(where.op_types or ())
-                               if where.inputs_only else []},
+                               "OpTypesToExcludeOutputQuantization": list(op_types or ()) if inputs_only else []},
                 calibration_cache_path=cache)
         except Exception as exc:
             raise EdgevitError(f"{fp32_path}: int8 QDQ quantization failed ({type(exc).__name__}: "
                                f"{_first_line(exc)})") from exc
         qproto = onnx.load(str(out))
         readers = set(float_nodes)
-        if where.inputs_only:  # every node but the quantized weighted ops reads float
+        if inputs_only:  # every node but the quantized weighted ops reads float
             excluded_set = set(excluded)
             readers |= {n.name for n in proto.graph.node
-                        if n.op_type not in where.op_types or n.name in excluded_set}
+                        if n.op_type not in op_types or n.name in excluded_set}
         if readers:
             unquantize_float_inputs(qproto, readers)
         check_graph(qproto, specs, outputs)
@@ -408,6 +394,7 @@ def _check_request(request: ExportRequest, precisions: tuple[str, ...]) -> None:
     check_dtypes(request, "onnx", OnnxBackend.dtypes)
     check_activations(request.precision, request.activations, "onnx", OnnxBackend.activation_modes)
     check_ranges(request.precision, request.ranges, "onnx", OnnxBackend.range_methods)
+    check_placement(request.precision, request.activations, request.placement, "onnx", OnnxBackend.placements)
     if request.model.training:
         raise EdgevitError("the model is in training mode; call model.eval() before export")
 
@@ -419,6 +406,7 @@ class OnnxBackend:
     activation_modes = ("static",)
     range_methods = ("minmax", "percentile")
     default_ranges = "minmax"
+    placements = ("weighted", "all")
     dtypes = ("float32", "int32", "int64")
     extra = _EXTRA
 
@@ -450,14 +438,15 @@ class OnnxBackend:
             fp32 = Path(tmp) / "fp32.onnx"
             fp32.write_bytes(proto.SerializeToString())
             ranges = request.ranges or self.default_ranges
-            float_matmuls = quantize_qdq(fp32, out, calibration, excluded, region_nodes, ranges, PLACEMENT)
+            placement = request.placement or self.placements[0]
+            float_matmuls = quantize_qdq(fp32, out, calibration, excluded, region_nodes, ranges, placement)
         onnx = require("onnx", _EXTRA, "ONNX export")
         summary = graph_summary(onnx.load(str(out)))
         quantization = {
             "scheme": "QDQ via onnxruntime.quantization.quantize_static (TensorRT explicit quantization)",
             "weights": "int8 symmetric, per output channel",
             "activations": "int8 symmetric, per tensor (zero point 0)",
-            "placement": QDQ_PLACEMENTS.get(PLACEMENT).description,
+            "placement": f"{placement}: {_QDQ_PLACEMENT_NOTES[placement]}",
             "biases": "float32 (not quantized)",
             "float_ops": "MatMul of two activations (LiteMLA attention products) and Softmax: outputs not "
                          "re-quantized",

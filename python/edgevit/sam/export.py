@@ -40,12 +40,17 @@ from ..lowering.base import (ExportRequest, ExportResult, IOSpec, check_activati
                              get_backend)
 from ..manifest import MANIFEST_NAME, Manifest, read_folder_manifest, sha256_file, verify_component, write_manifest
 from ..quantize.calibration import load_image_set
+from ..quantize.placement import check_placement
 from .evaluate import open_sam_dataset
 from .fidelity import FloatReference, MaskAgreement, MaskGate
 from .predictor import Predictor
 from .rewrite import decoder_float_regions, encoder_float_regions, friendly_decoder, friendly_encoder
 
 CALIBRATION_IMAGES = 16
+# Static int8 encoder placement per format (INT8_PLACEMENTS). L0 seed 0, 8 grabcut gate instances,
+# benchmarks/sam_gate_sensitivity.py --placement: .pte all 98.79 (31.3 dB) vs weighted 99.18 (34.4 dB);
+# onnx all 98.54 (30.2 dB) vs weighted 99.27 (35.8 dB). .tflite takes "all" only.
+ENCODER_PLACEMENT = {"pte": "weighted", "onnx": "weighted"}
 EVAL_INSTANCES = 8
 KIND = "edgevit-sam-artifacts"
 TOP_VERSION = 2  # 2: the context component (version-1 folders have no image_context; re-export them)
@@ -123,10 +128,12 @@ def load_sam_artifacts(folder: str | Path, threads: int | None = None) -> SamArt
 
 
 def _lower(backend, module, inputs, outputs, precision, calib, keep_float, path: Path, regions=(),
-           activations: str = "static", ranges: str | None = None) -> ExportResult:
+           activations: str = "static", ranges: str | None = None, placement: str | None = None) -> ExportResult:
     path.parent.mkdir(parents=True, exist_ok=True)
+    static8 = precision == "int8" and activations == "static"
     request = ExportRequest.multi(module, _specs(inputs), [d["name"] for d in outputs], precision, path, calib,
-                                  keep_float, regions, activations, ranges if precision == "int8" else None)
+                                  keep_float, regions, activations, ranges if precision == "int8" else None,
+                                  placement if static8 else None)
     return backend.export(request)
 
 
@@ -173,6 +180,7 @@ def export_sam(
     decoder_precision: str = "fp32",
     activations: str = "static",
     ranges: str | None = None,
+    placement: str | None = None,
 ) -> dict[str, Any]:
     """Export a SAM model to ``format`` (pte | tflite | onnx): encoder at ``precision``, decoder at
     ``decoder_precision``, into the folder ``out`` (module docstring). Returns the top-level manifest.
@@ -185,7 +193,9 @@ def export_sam(
     (encoder and/or decoder) quantize activations, ``"static"`` (calibrated ranges, every format) or
     ``"dynamic"`` (run-time ranges at conv / linear inputs, float32 between; .pte, and .tflite for the
     encoder; :class:`~edgevit.lowering.base.ExportRequest`). ``ranges``: static int8 range method of the int8
-    components (:data:`~edgevit.quantize.ranges.RANGE_METHODS`; None: the format's default).
+    components (:data:`~edgevit.quantize.ranges.RANGE_METHODS`; None: the format's default). ``placement``:
+    where the static int8 components put their quantizers (:data:`~edgevit.quantize.placement.INT8_PLACEMENTS`;
+    None: :data:`ENCODER_PLACEMENT` for the encoder, the format's default for the decoder).
     """
     from ..models import create_model
 
@@ -201,6 +211,9 @@ def export_sam(
         raise EdgevitError(f"--ranges {ranges}: applies to static int8 activations, not {activations!r} ones")
     check_ranges("int8" if "int8" in (precision, decoder_precision) else precision, ranges, format,
                  backend.range_methods)
+    check_placement("int8" if "int8" in (precision, decoder_precision) else precision, activations, placement,
+                    format, backend.placements)
+    enc_placement = placement or ENCODER_PLACEMENT.get(format)
     if activations == "dynamic" and decoder_precision == "int8" and format != "pte":
         raise EdgevitError(f"{format}: a dynamic int8 decoder needs declared float regions, which only .pte honours "
                            "with dynamic activations; use --decoder-precision fp32 or --format pte")
@@ -268,7 +281,7 @@ def export_sam(
         if progress:
             print(f"export-sam: lowering the prompt decoder ({format}/{decoder_precision})", flush=True)
         dec_result = _lower(backend, dec_friendly, *dec_io, decoder_precision, dec_calib, (), dec_path, dec_regions,
-                            activations if decoder_precision == "int8" else "static", ranges)
+                            activations if decoder_precision == "int8" else "static", ranges, placement)
         dec_runner = backend.load(dec_path, Manifest(name, format, decoder_precision, dec_path.name, "", 0,
                                                      *dec_io, contract_dict, {}), threads)
         runners.append(dec_runner)
@@ -282,7 +295,7 @@ def export_sam(
             runners[1:] = []
             gc.collect()
             live["result"] = _lower(backend, enc_friendly, *enc_io, precision, calib_inputs, kept_names, enc_path,
-                                    enc_regions, enc_activations, ranges)
+                                    enc_regions, enc_activations, ranges, enc_placement)
             enc_runner = backend.load(enc_path, Manifest(name, format, precision, enc_path.name, "", 0, *enc_io,
                                                          contract_dict, {}), threads)
             runners.append(enc_runner)
