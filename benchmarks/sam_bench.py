@@ -9,10 +9,11 @@ timed in interleaved rounds):
 - efficientvit-sam-l0 / -xl0 image encoder, eager fp32 PyTorch, at 512 / 1024
 - SAM ViT-B image encoder (our own implementation, benchmarks/sam_vit_b.py), eager fp32, at 1024
 - the prompt decoder (16 prompt slots, mask input on) of L0, eager fp32
-- exported artifacts (``--artifacts id:format:precision[:decoder_precision[:activations]],...``; format pte |
-  tflite | onnx, encoder at ``precision``, decoder at ``decoder_precision``, default fp32; ``activations`` of
-  the int8 components: static (default) | dynamic): the folder ``--exports/<id>-<format>-<precision>``
-  (``-dec<decoder_precision>`` appended when it is not fp32, ``-dynamic`` for dynamic activations) is reused
+- exported artifacts (``--artifacts id:format:precision[:decoder_precision[:activations[:placement]]],...``;
+  format pte | tflite | onnx, encoder at ``precision``, decoder at ``decoder_precision``, default fp32;
+  ``activations`` of the int8 components: static (default) | dynamic; ``placement`` of static int8: weighted |
+  all, default ``export_sam``'s): the folder ``--exports/<id>-<format>-<precision>`` (``-dec<decoder_precision>``
+  appended when it is not fp32, ``-dynamic`` for dynamic activations, ``-<placement>`` when given) is reused
   when it exists, else written by ``export_sam``
   (int8 calibrated on the photos of ``--calib``, gated on ``--eval-data``; a failing gate is reported and that
   artifact skipped, unless ``--no-gate``, which writes it with the measured agreement). Encoder and decoder rows, timed through their runners on
@@ -122,17 +123,18 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
     table = []
     for spec in filter(None, args.artifacts.split(",")):
         parts = spec.split(":")
-        if len(parts) not in (3, 4, 5):
-            raise SystemExit(f"--artifacts {spec!r}: expected id:format:precision[:decoder_precision[:activations]]")
-        model_id, fmt, prec, dec_prec, act = parts + ["fp32", "static"][len(parts) - 3:]
+        if len(parts) not in (3, 4, 5, 6):
+            raise SystemExit(f"--artifacts {spec!r}: expected "
+                             "id:format:precision[:decoder_precision[:activations[:placement]]]")
+        model_id, fmt, prec, dec_prec, act, place = parts + ["fp32", "static", ""][len(parts) - 3:]
         folder = Path(args.exports) / (f"{model_id}-{fmt}-{prec}" + ("" if dec_prec == "fp32" else f"-dec{dec_prec}")
-                                       + ("" if act == "static" else f"-{act}"))
+                                       + ("" if act == "static" else f"-{act}") + (f"-{place}" if place else ""))
         if not (folder / "manifest.json").is_file():
             print(f"exporting {model_id} {fmt}/{prec} into {folder} ...", file=sys.stderr, flush=True)
             try:
                 export_sam(model_id, fmt, prec, folder, calib=args.calib, eval_data=args.eval_data,
                            eval_limit=args.eval_limit, threads=args.threads, gate=None if args.no_gate else "default",
-                           decoder_precision=dec_prec, activations=act)
+                           decoder_precision=dec_prec, activations=act, placement=place or None)
             except GateError as exc:
                 print(f"skipped {spec}: {exc}", file=sys.stderr)
                 continue
@@ -144,7 +146,10 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
         pred.set_image(image)
         feed = dict(zip(art.decoder_inputs, (*pred.image_state, *pred.prompt_arrays(box=inst.box))))
         agreement = top["fidelity"]["mask_miou_vs_float"]
-        table.append(Row(f"{model_id} encoder", f"{fmt} {prec}" + ("" if act == "static" else f" ({act} act.)"),
+        enc_manifest = io.read_json_object(folder / c["encoder"]["path"] / "manifest.json", "re-export the folder")
+        placed = ((enc_manifest.get("quantization") or {}).get("placement") or "").split(":")[0]
+        table.append(Row(f"{model_id} encoder", f"{fmt} {prec}" + ("" if act == "static" else f" ({act} act.)")
+                         + (f" ({placed})" if placed and act == "static" else ""),
                          f"1x3x{s}x{s}", 0,
                          lambda e=art.encoder, x=x: e.run({"image": x}), args.runs,
                          size_mb=c["encoder"]["size_bytes"] / 1e6, agreement=agreement, model_id=model_id))

@@ -117,3 +117,15 @@ def test_export_ranges_typo_is_one_line(tmp_path, capsys, shared_data):
                           "--out", str(tmp_path / "a"))
     assert code == 2 and err.count("\n") == 1 and "did you mean 'percentile'" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_export_placement_is_checked_before_work(tmp_path, capsys, shared_data):
+    """--placement reaches edgevit.export.export: a typo, and a placement the format lacks, are one line each."""
+    calib = str(shared_data / "seg" / "voc2012_val14")
+    code, _, err = _run(capsys, "export", "efficientvit-seg-b0-voc", "--format", "onnx", "--precision", "int8",
+                        "--calib", calib, "--placement", "weigthed", "--out", str(tmp_path / "a"))
+    assert code == 2 and err.count("\n") == 1 and "did you mean 'weighted'" in err
+    code, _, err = _run(capsys, "export", "efficientvit-seg-b0-voc", "--format", "tflite", "--precision", "int8",
+                        "--calib", calib, "--placement", "weighted", "--out", str(tmp_path / "b"))
+    assert code == 2 and err.count("\n") == 1 and "tflite: int8 placement 'weighted' is not implemented" in err
+    assert not list(tmp_path.iterdir())
