@@ -13,8 +13,8 @@ products and its normaliser) run in float32 inside the same delegate, between de
 Modules named in ``keep_float`` are not annotated at all, so their weights and arithmetic stay float32.
 ``placement="weighted"`` (static): adds, multiplies and concatenations are not annotated either, so residual
 streams stay float32 and only the convs / linears (inputs, weights and outputs, as XNNPACK's int8 kernels need)
-are int8. SAM L0 encoder, seed 0: embeddings 31.3 → 34.4 dB, mask mIoU vs float 98.79 → 99.18 (gate passes),
-95 → 97-114 ms (session timing).
+are int8. SAM L0 encoder, seed 0: embeddings 31.3 → 34.4 dB, mask mIoU vs float 98.79 → 99.18 (gate passes);
+95 → 102 ms (benchmarks/sam_bench.py, 2 threads; dynamic activations 130 ms).
 ``activations="dynamic"``: the same int8 weights, but activations are quantized at run time (XNNPACK qd8:
 each tensor's own range, per image for convolutions, per row for linears) only where they enter a conv /
 linear; adds, activation functions and everything else stay float32, so there is no calibration to mis-fit

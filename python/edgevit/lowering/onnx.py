@@ -213,6 +213,16 @@ def activation_matmuls(proto: Any) -> list[str]:
     return [n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
 
 
+def batched_weight_matmuls(proto: Any) -> list[str]:
+    """Names of ``MatMul`` nodes with an initializer operand that is not a 2-D right-hand weight (e.g. per-head
+    folded projections, H×K×N). With Q/DQ only at its inputs, onnxruntime's CPU provider fuses such a node into
+    ``MatMulIntegerToFloat``, which takes a per-channel zero point for a 2-D right-hand weight only, and fails
+    at run time ("b zero point is not valid")."""
+    shapes = {init.name: len(init.dims) for init in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul"
+            and any(i in shapes for i in n.input) and not (n.input[1] in shapes and shapes[n.input[1]] == 2)]
+
+
 def keep_float_nodes(model: Any, proto: Any, keep_float: Sequence[str]) -> dict[str, list[str]]:
     """:func:`nodes_from_modules` for ``keep_float`` names, each checked against ``model.named_modules()``."""
     check_keep_float(model, keep_float)
@@ -261,7 +271,8 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     """Quantize the fp32 ONNX file at ``fp32_path`` to symmetric int8 QDQ at ``out_path`` (written atomically).
 
     ``calibration``: one tuple of arrays per sample in the graph's input order (a bare array for a single
-    input). ``exclude_nodes``, every :func:`activation_matmuls` node and every Softmax stay float; returns the
+    input). ``exclude_nodes``, every :func:`activation_matmuls` node, every Softmax and (``weighted``) every
+    :func:`batched_weight_matmuls` node stay float; returns the
     :func:`activation_matmuls` names. ``float_nodes`` (declared float regions) stay float too and read
     their inputs from before any activation Q/DQ pair
     (:func:`~edgevit.lowering.float_region.unquantize_float_inputs`). ``ranges``: a
@@ -282,7 +293,8 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     # Softmax outputs (attention probabilities) are not re-quantized either: onnxruntime gives them the fixed
     # range [0, 1], whose symmetric int8 step 1/127 rounds typical probabilities (about 1/tokens) to 0 or 1/127.
     softmax = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
-    excluded = sorted(set(exclude_nodes) | set(float_nodes) | set(float_matmuls) | set(softmax))
+    batched = batched_weight_matmuls(proto) if inputs_only else []
+    excluded = sorted(set(exclude_nodes) | set(float_nodes) | set(float_matmuls) | set(softmax) | set(batched))
 
     class Reader(quant.CalibrationDataReader):
         def __init__(self) -> None:
