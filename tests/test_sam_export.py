@@ -357,4 +357,4 @@ def test_l0_int8_onnx_encoder_passes_the_gate_all_int8(shared_data, tmp_path):
     assert fid["gate_result"] == "passed" and fid["mask_miou_vs_float"] >= 99.0, fid["summary"]
     enc = json.loads((out / "encoder" / "manifest.json").read_text())
     assert not enc["quantization"].get("kept_float") and enc["quantization"]["int8_conv"] >= 60
-    assert enc["quantization"]["placement"].startswith("int8 at the inputs of Conv")
+    assert enc["quantization"]["placement"].startswith("weighted: Q/DQ only at the inputs of Conv")
