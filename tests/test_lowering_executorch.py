@@ -284,17 +284,29 @@ class _ConvNet(nn.Module):
         return self.head(x)
 
 
-def test_dynamic_int8_activations_are_more_precise_than_static(photos, tmp_path):
+@pytest.fixture(scope="module")
+def convnet_int8(photos, tmp_path_factory):
+    """The residual ``_ConvNet`` as int8 .pte three ways, static (placement ``all``), static ``weighted`` and
+    dynamic: ``{variant: (ExportResult, SQNR of its output vs eager on a held-out photo)}``."""
     torch.manual_seed(0)
     model = _ConvNet().eval()
     xs = _inputs(photos, 64, 128)
     ref = _eager(model, xs[4])
-    sqnr = {}
-    for mode in ("static", "dynamic"):
-        out = tmp_path / f"{mode}.pte"
+    tmp = tmp_path_factory.mktemp("convnet_int8")
+    variants = {"static": {}, "weighted": {"placement": "weighted"}, "dynamic": {"activations": "dynamic"}}
+    runs = {}
+    for name, options in variants.items():
+        out = tmp / f"{name}.pte"
         result = get_backend("pte").export(ExportRequest(model, (1, 3, 64, 128), "int8", out, calibration=xs[:3],
-                                                         activations=mode))
-        q = result.quantization
+                                                         **options))
+        assert result.delegation["non_delegated_compute_nodes"] == 0
+        runs[name] = result, sqnr_db(ref, get_backend("pte").load(out, _manifest((1, 3, 64, 128), "int8"))(xs[4]))
+    return runs
+
+
+def test_dynamic_int8_activations_are_more_precise_than_static(convnet_int8):
+    for mode in ("static", "dynamic"):
+        q = convnet_int8[mode][0].quantization
         assert q["activations"] == mode
         # XNNPACKQuantizer has no dynamic conv+ReLU pattern: under dynamic activations the 1×1 convs that feed a
         # ReLU stay float32 (reported per op)
@@ -302,32 +314,20 @@ def test_dynamic_int8_activations_are_more_precise_than_static(photos, tmp_path)
         assert q["weighted_ops_int8"] == (6 if mode == "static" else 4)
         assert ("is_dynamic" in q["scheme"]) == (mode == "dynamic")
         assert q["calibration_images"] == (0 if mode == "dynamic" else 3)  # dynamic ranges observe nothing
-        assert result.delegation["non_delegated_compute_nodes"] == 0
-        sqnr[mode] = sqnr_db(ref, get_backend("pte").load(out, _manifest((1, 3, 64, 128), "int8"))(xs[4]))
     # run-time ranges at conv inputs, float adds: no requantization of the residual stream
+    sqnr = {mode: convnet_int8[mode][1] for mode in ("static", "dynamic")}
     assert sqnr["dynamic"] > sqnr["static"] + 3 and sqnr["dynamic"] > 30, sqnr
 
 
-def test_weighted_placement_keeps_the_residual_stream_float(photos, tmp_path):
+def test_weighted_placement_keeps_the_residual_stream_float(convnet_int8):
     """Static int8 with ``placement="weighted"``: the residual adds are not re-quantized (float32 inside the
-    delegate), the convs stay int8, the program is one delegate, and the output is closer to float than with
-    every add in int8."""
-    torch.manual_seed(0)
-    model = _ConvNet().eval()
-    xs = _inputs(photos, 64, 128)
-    ref = _eager(model, xs[4])
-    sqnr = {}
-    for placement in ("all", "weighted"):
-        out = tmp_path / f"{placement}.pte"
-        result = get_backend("pte").export(ExportRequest(model, (1, 3, 64, 128), "int8", out, calibration=xs[:3],
-                                                         placement=placement))
-        q = result.quantization
+    delegate), the convs stay int8, and the output is closer to float than with every add in int8."""
+    for name, placement in (("static", "all"), ("weighted", "weighted")):
+        q = convnet_int8[name][0].quantization
         assert q["placement"].startswith(f"{placement}: ")
         assert q["weighted_ops_int8"] == 6 and not q["float_weighted_ops"]
         assert (q["int8_elementwise_ops"] == 0) == (placement == "weighted"), q["int8_elementwise_ops"]
-        assert result.delegation["non_delegated_compute_nodes"] == 0
-        sqnr[placement] = sqnr_db(ref, get_backend("pte").load(out, _manifest((1, 3, 64, 128), "int8"))(xs[4]))
-    assert sqnr["weighted"] > sqnr["all"], sqnr
+    assert convnet_int8["weighted"][1] > convnet_int8["static"][1], {k: v[1] for k, v in convnet_int8.items()}
 
 
 def test_activation_modes_are_checked(b0, tmp_path):

@@ -21,11 +21,11 @@ import torch
 
 from .errors import EdgevitError
 from .lowering.base import ExportRequest, ExportResult, IOSpec, check_ranges, get_backend
-from .quantize.placement import check_placement
 from .lowering.float_region import FloatRegion
 from .lowering.rewrite import export_friendly
 from .manifest import Manifest, sha256_file, write_manifest
 from .models import create_model
+from .quantize.placement import check_placement
 from .quantize.sensitivity import layer_sensitivity
 from .runtime.base import TorchRunner
 from .tasks import task_for
