@@ -146,8 +146,7 @@ def _artifact_rows(args: argparse.Namespace) -> list[Row]:
         pred.set_image(image)
         feed = dict(zip(art.decoder_inputs, (*pred.image_state, *pred.prompt_arrays(box=inst.box))))
         agreement = top["fidelity"]["mask_miou_vs_float"]
-        enc_manifest = io.read_json_object(folder / c["encoder"]["path"] / "manifest.json", "re-export the folder")
-        placed = ((enc_manifest.get("quantization") or {}).get("placement") or "").split(":")[0]
+        placed = ((art.encoder.manifest.quantization or {}).get("placement") or "").split(":")[0]
         table.append(Row(f"{model_id} encoder", f"{fmt} {prec}" + ("" if act == "static" else f" ({act} act.)")
                          + (f" ({placed})" if placed and act == "static" else ""),
                          f"1x3x{s}x{s}", 0,

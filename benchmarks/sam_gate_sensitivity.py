@@ -92,11 +92,9 @@ def main() -> None:
             q.set_image(image)
             sq.append(sqnr_db(p.embeddings, q.embeddings))
         fid = reference.measure(Predictor(art))
-        enc = io.read_json_object(Path(art.folder) / art.manifest["components"]["encoder"]["path"] / "manifest.json",
-                                  "re-export the folder")
-        q = enc.get("quantization") or {}
-        ranges = (q.get("calibration_method") or "").split(":")[0]
-        place = (q.get("placement") or "").split(":")[0]
+        recipe = art.encoder.manifest.quantization or {}  # the encoder's own manifest, loaded with it
+        ranges = (recipe.get("calibration_method") or "").split(":")[0]
+        place = (recipe.get("placement") or "").split(":")[0]
         label = (f"{art.model_id}{', ' + ranges + ' ranges' if ranges else ''}"
                  f"{', ' + place + ' placement' if place else ''}")
         lines.append(f"| {label} | {np.mean(sq):.1f} (min {min(sq):.1f}) | {fid.miou:.2f} |")

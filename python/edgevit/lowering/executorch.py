@@ -112,6 +112,11 @@ def _widen_keep_float(model: nn.Module, names: Sequence[str]) -> tuple[tuple[str
 _WEIGHTED_OPS = ("aten.conv2d", "aten.linear", "aten.conv1d", "aten.convolution")
 
 
+# ``placement="weighted"``: the quantizer's add / mul / cat patterns are not annotated (those ops run in float32
+# inside the delegate, between the int8 convs / linears whose outputs XNNPACK still writes in int8)
+UNWEIGHTED_TARGETS = ("aten.add.Tensor", "aten.add_.Tensor", "aten.mul.Tensor", "aten.mul_.Tensor", "aten.cat.default")
+
+
 def _quantization_report(gm: torch.fx.GraphModule, keep_float: Sequence[str]) -> dict[str, Any]:
     """Count conv/linear ops with int8 (dequantized) weights vs float weights in the converted graph."""
     quantized, float_ops = 0, []
@@ -198,11 +203,6 @@ def _torch_export(model: nn.Module, example: tuple[torch.Tensor, ...]):
                            f"{first}); export the model rewritten by export_friendly for this input size") from exc
 
 
-# ``placement="weighted"``: the quantizer's add / mul / cat patterns are not annotated (those ops run in float32
-# inside the delegate, between the int8 convs / linears whose outputs XNNPACK still writes in int8)
-UNWEIGHTED_TARGETS = ("aten.add.Tensor", "aten.add_.Tensor", "aten.mul.Tensor", "aten.mul_.Tensor", "aten.cat.default")
-
-
 def _node_filter(float_regions: Sequence[FloatRegion], keep_float: Sequence[str], weighted: bool):
     """The quantizer's node filter (True: annotate), or None when every node may be annotated."""
     if not (keep_float or float_regions or weighted):
@@ -234,10 +234,10 @@ def _quantize(model: nn.Module, example: tuple[torch.Tensor, ...], calibration: 
     converted = pt2e.convert_pt2e(prepared)
     report = _quantization_report(converted, keep_float)
     report["activations"] = activations
-    if not dynamic:
-        report["placement"] = f"{placement}: {INT8_PLACEMENTS.get(placement).description}"
     if dynamic:
         report["scheme"] = INT8_DYNAMIC_SCHEME
+    else:
+        report["placement"] = f"{placement}: {INT8_PLACEMENTS.get(placement).description}"
     report["calibration_images"] = 0 if dynamic else len(calibration)
     report["keep_float_method"] = "quantizer node filter on the traced module path (nn_module_stack)"
     report["kept_float_added"] = added

@@ -256,13 +256,13 @@ def _quiet_quantizer() -> Iterator[None]:
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # placement -> (op types quantized, None: every op onnxruntime can; inputs only: no Q/DQ on their outputs and
-# every other reader of a quantized tensor takes the float tensor)
-_QDQ_PLACEMENT = {"weighted": (WEIGHTED_OPS, True), "all": (None, False)}
-_QDQ_PLACEMENT_NOTES = {
-    "weighted": "Q/DQ only at the inputs of Conv/ConvTranspose/MatMul/Gemm; their outputs, residual adds, activation "
-                "functions and norms read float tensors (TensorRT: int8 kernels with float outputs)",
-    "all": "onnxruntime's default: Q/DQ on the inputs and outputs of every quantizable op, each tensor's readers "
-           "sharing one pair"}
+# every other reader of a quantized tensor takes the float tensor; the manifest's note)
+_QDQ_PLACEMENT = {
+    "weighted": (WEIGHTED_OPS, True, "Q/DQ only at the inputs of Conv/ConvTranspose/MatMul/Gemm; their outputs, "
+                 "residual adds, activation functions and norms read float tensors (TensorRT: int8 kernels with "
+                 "float outputs)"),
+    "all": (None, False, "onnxruntime's default: Q/DQ on the inputs and outputs of every quantizable op, each "
+            "tensor's readers sharing one pair")}
 
 
 def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[Any],
@@ -281,7 +281,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     as its calibration cache. ``placement``: an :data:`~edgevit.quantize.placement.INT8_PLACEMENTS` key.
     """
     method = RANGE_METHODS.get(ranges)
-    op_types, inputs_only = _QDQ_PLACEMENT[INT8_PLACEMENTS.get(placement).name]
+    op_types, inputs_only, _ = _QDQ_PLACEMENT[INT8_PLACEMENTS.get(placement).name]
     onnx = require("onnx", _EXTRA, "int8 ONNX quantization")
     quant = require("onnxruntime.quantization", _EXTRA, "int8 ONNX quantization")
     proto = onnx.load(str(fp32_path))
@@ -294,7 +294,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
     # range [0, 1], whose symmetric int8 step 1/127 rounds typical probabilities (about 1/tokens) to 0 or 1/127.
     softmax = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
     batched = batched_weight_matmuls(proto) if inputs_only else []
-    excluded = sorted(set(exclude_nodes) | set(float_nodes) | set(float_matmuls) | set(softmax) | set(batched))
+    excluded = set(exclude_nodes) | set(float_nodes) | set(float_matmuls) | set(softmax) | set(batched)
 
     class Reader(quant.CalibrationDataReader):
         def __init__(self) -> None:
@@ -315,7 +315,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
             quant.quantize_static(
                 str(fp32_path), str(out), reader, quant_format=quant.QuantFormat.QDQ, per_channel=True,
                 activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
-                calibrate_method=quant.CalibrationMethod.MinMax, nodes_to_exclude=excluded or None,
+                calibrate_method=quant.CalibrationMethod.MinMax, nodes_to_exclude=sorted(excluded) or None,
                 op_types_to_quantize=list(op_types) if op_types else None,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                "OpTypesToExcludeOutputQuantization": list(op_types or ()) if inputs_only else []},
@@ -326,9 +326,7 @@ def quantize_qdq(fp32_path: str | Path, out_path: str | Path, calibration: Seque
         qproto = onnx.load(str(out))
         readers = set(float_nodes)
         if inputs_only:  # every node but the quantized weighted ops reads float
-            excluded_set = set(excluded)
-            readers |= {n.name for n in proto.graph.node
-                        if n.op_type not in op_types or n.name in excluded_set}
+            readers |= {n.name for n in proto.graph.node if n.op_type not in op_types or n.name in excluded}
         if readers:
             unquantize_float_inputs(qproto, readers)
         check_graph(qproto, specs, outputs)
@@ -458,7 +456,7 @@ class OnnxBackend:
             "scheme": "QDQ via onnxruntime.quantization.quantize_static (TensorRT explicit quantization)",
             "weights": "int8 symmetric, per output channel",
             "activations": "int8 symmetric, per tensor (zero point 0)",
-            "placement": f"{placement}: {_QDQ_PLACEMENT_NOTES[placement]}",
+            "placement": f"{placement}: {_QDQ_PLACEMENT[placement][2]}",
             "biases": "float32 (not quantized)",
             "float_ops": "MatMul of two activations (LiteMLA attention products) and Softmax: outputs not "
                          "re-quantized",

@@ -209,10 +209,9 @@ def export_sam(
     check_activations("int8", activations, format, backend.activation_modes)  # before any lowering
     if ranges is not None and activations != "static":
         raise EdgevitError(f"--ranges {ranges}: applies to static int8 activations, not {activations!r} ones")
-    check_ranges("int8" if "int8" in (precision, decoder_precision) else precision, ranges, format,
-                 backend.range_methods)
-    check_placement("int8" if "int8" in (precision, decoder_precision) else precision, activations, placement,
-                    format, backend.placements)
+    quantized = "int8" if "int8" in (precision, decoder_precision) else precision  # the components' int8, if any
+    check_ranges(quantized, ranges, format, backend.range_methods)
+    check_placement(quantized, activations, placement, format, backend.placements)
     enc_placement = placement or ENCODER_PLACEMENT.get(format)
     if activations == "dynamic" and decoder_precision == "int8" and format != "pte":
         raise EdgevitError(f"{format}: a dynamic int8 decoder needs declared float regions, which only .pte honours "

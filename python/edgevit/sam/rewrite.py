@@ -468,12 +468,13 @@ def encoder_float_regions(encoder: nn.Module, format: str) -> list[FloatRegion]:
     """What an int8 export of a :func:`friendly_encoder` copy keeps float32 by design: with dynamic activations
     (.pte, the copy holds a :class:`NhwcIdentity`) the neck's bicubic resize products and that identity; as
     static int8 ONNX the resize products. Empty otherwise (.pte / .tflite static int8 quantizes them)."""
-    resize = tuple(n for n, m in encoder.named_modules() if isinstance(m, MatmulBicubicUpsample))
-    if any(isinstance(m, NhwcIdentity) for m in encoder.modules()):
-        names = tuple(n for n, m in encoder.named_modules() if isinstance(m, MatmulBicubicUpsample | NhwcIdentity))
-        return [FloatRegion("neck-resize-and-layout-identity", names, why=ENCODER_DYNAMIC_FLOAT_WHY)]
-    if format == "onnx" and resize:
-        return [FloatRegion("neck-resize", resize, why=ENCODER_ONNX_FLOAT_WHY)]
+    found = [(n, isinstance(m, NhwcIdentity)) for n, m in encoder.named_modules()
+             if isinstance(m, MatmulBicubicUpsample | NhwcIdentity)]
+    if any(identity for _, identity in found):
+        return [FloatRegion("neck-resize-and-layout-identity", tuple(n for n, _ in found),
+                            why=ENCODER_DYNAMIC_FLOAT_WHY)]
+    if format == "onnx" and found:
+        return [FloatRegion("neck-resize", tuple(n for n, _ in found), why=ENCODER_ONNX_FLOAT_WHY)]
     return []
 
 
